@@ -1,0 +1,252 @@
+//! Query evaluation: log queries and metric queries over a [`LogSource`].
+//!
+//! Owns running a parsed [`Expr`] for given [`QueryParams`]: log queries merge streams by
+//! time and stop at `limit`; metric queries evaluate range aggregations in one pass per
+//! series over the step grid, then vector aggregations and binary operators. Results are
+//! [`QueryResult`]s whose serde form is Loki's `data` object. It does not own parsing
+//! (`crate::syntax`), per-line stages (`crate::log`), or HTTP parameter parsing.
+//!
+//! Entry point: [`eval`].
+
+mod log_query;
+mod range;
+pub mod result;
+pub mod source;
+mod vector;
+
+pub use result::{EntryLabels, LogEntry, Point, QueryResult, Sample, Series, Stream};
+pub use source::{
+    BatchIter, Direction, EntryBatch, InMemorySource, LogSource, SelectRequest, SourceError,
+    StreamData,
+};
+
+use crate::log::PipelineError;
+use crate::syntax::ast::{Expr, MetricExpr, VectorOp};
+
+/// Loki's default `max_query_series`.
+pub const DEFAULT_MAX_SERIES: usize = 500;
+/// Loki's limit on points per series of a range query (`(end - start) / step`).
+pub const DEFAULT_MAX_POINTS: usize = 11_000;
+/// Loki's default log query `limit`.
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// How to run a query. Build with [`QueryParams::instant`] or [`QueryParams::range`] and
+/// adjust the public fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryParams {
+    /// Range start (inclusive for log queries), nanoseconds; the time of an instant query.
+    pub start_ns: i64,
+    /// Range end (exclusive for log queries), nanoseconds; equals `start_ns` for instant.
+    pub end_ns: i64,
+    /// Step between metric evaluations, nanoseconds; 0 for instant queries.
+    pub step_ns: i64,
+    /// Log queries: return at most one entry per interval (0 = every entry).
+    pub interval_ns: i64,
+    /// Log queries: maximum entries returned.
+    pub limit: usize,
+    pub direction: Direction,
+    /// Log queries: key streams by stream labels and report structured metadata and
+    /// parsed labels per entry (`X-Loki-Response-Encoding-Flags: categorize-labels`).
+    pub categorize_labels: bool,
+    /// `max_query_series`: most series a metric result may have at one step.
+    pub max_series: usize,
+    /// Most steps a range query may evaluate.
+    pub max_points: usize,
+}
+
+impl QueryParams {
+    /// An instant query at `time_ns`.
+    pub fn instant(time_ns: i64) -> Self {
+        QueryParams {
+            start_ns: time_ns,
+            end_ns: time_ns,
+            step_ns: 0,
+            interval_ns: 0,
+            limit: DEFAULT_LIMIT,
+            direction: Direction::Backward,
+            categorize_labels: false,
+            max_series: DEFAULT_MAX_SERIES,
+            max_points: DEFAULT_MAX_POINTS,
+        }
+    }
+
+    /// A range query over `[start_ns, end_ns]` with the given step.
+    pub fn range(start_ns: i64, end_ns: i64, step_ns: i64) -> Self {
+        QueryParams {
+            start_ns,
+            end_ns,
+            step_ns,
+            ..QueryParams::instant(start_ns)
+        }
+    }
+
+    /// Loki's rule: instant when `start == end` and `step == 0`.
+    pub fn is_instant(&self) -> bool {
+        self.start_ns == self.end_ns && self.step_ns == 0
+    }
+}
+
+/// Why a query could not be answered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A stage that fails to build (bad regex, template...): Loki answers 400.
+    #[error("parse error : {0}")]
+    Pipeline(#[from] PipelineError),
+    #[error("log queries are not supported as an instant query type, please change your query to a range query type")]
+    LogQueryInstant,
+    #[error("pipeline error: '{kind}' for series: '{series}'.\nUse a label filter to intentionally skip this error. (e.g | __error__!=\"{kind}\").\nTo skip all potential errors you can match empty errors.(e.g __error__=\"\")\nThe label filter can also be specified after unwrap. (e.g | unwrap latency | __error__=\"\" )\n")]
+    SeriesError { kind: String, series: String },
+    #[error("maximum number of series ({limit}) reached for a single query; consider reducing query cardinality by adding more filters to the stream selector or using a stricter matcher (max_query_series = {limit})")]
+    MaxSeries { limit: usize },
+    #[error("exceeded maximum resolution of {limit} points per timeseries: {points} steps from start to end; try increasing the step (step = {step_ns}ns)")]
+    MaxPoints {
+        points: i64,
+        limit: usize,
+        step_ns: i64,
+    },
+    #[error("invalid query parameters: {0}")]
+    InvalidParams(String),
+    #[error("multiple matches for labels: many-to-one matching must be explicit (group_left/group_right); left-hand series {series}")]
+    ManyToOne { series: String },
+    #[error("found duplicate series on the {side} hand-side of the operation: {series}; many-to-many matching not allowed: matching labels must be unique on one side")]
+    DuplicateSeries { side: &'static str, series: String },
+    #[error("invalid regex {regex:?} in label_replace: {reason}")]
+    LabelReplaceRegex { regex: String, reason: String },
+}
+
+impl EvalError {
+    /// True for errors caused by the query or its parameters (HTTP 400), false for
+    /// failures of the store (HTTP 500).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, EvalError::Source(_))
+    }
+}
+
+/// Runs `expr` over `source`.
+///
+/// Log queries need a range (`!params.is_instant()`); metric queries run at one time
+/// (instant, returning a vector or scalar) or over the step grid (returning a matrix).
+pub fn eval(
+    expr: &Expr,
+    params: &QueryParams,
+    source: &dyn LogSource,
+) -> Result<QueryResult, EvalError> {
+    match expr {
+        Expr::Log(sel) => {
+            if params.is_instant() {
+                return Err(EvalError::LogQueryInstant);
+            }
+            log_query::eval_log(sel, params, source)
+        }
+        Expr::Metric(m) => eval_metric(m, params, source),
+    }
+}
+
+fn contains_sort(e: &MetricExpr) -> bool {
+    match e {
+        MetricExpr::VectorAggregation(v) => {
+            matches!(v.op, VectorOp::Sort | VectorOp::SortDesc) || contains_sort(&v.inner)
+        }
+        MetricExpr::BinOp(b) => contains_sort(&b.lhs) || contains_sort(&b.rhs),
+        MetricExpr::LabelReplace(l) => contains_sort(&l.inner),
+        _ => false,
+    }
+}
+
+fn eval_metric(
+    expr: &MetricExpr,
+    params: &QueryParams,
+    source: &dyn LogSource,
+) -> Result<QueryResult, EvalError> {
+    let instant = params.is_instant();
+    if !instant {
+        if params.step_ns <= 0 {
+            return Err(EvalError::InvalidParams(format!(
+                "zero or negative query resolution step widths are not accepted (step = {}ns); try a positive integer",
+                params.step_ns
+            )));
+        }
+        if params.end_ns < params.start_ns {
+            return Err(EvalError::InvalidParams(format!(
+                "end ({}) must not be before start ({})",
+                params.end_ns, params.start_ns
+            )));
+        }
+        let points = (params.end_ns - params.start_ns) / params.step_ns;
+        if points > params.max_points as i64 {
+            return Err(EvalError::MaxPoints {
+                points,
+                limit: params.max_points,
+                step_ns: params.step_ns,
+            });
+        }
+    }
+    let grid = range::StepGrid::new(params);
+    let ctx = range::Ctx {
+        source,
+        grid: &grid,
+    };
+    let value = vector::eval_value(expr, &ctx, &range::Hint::default())?;
+    let matrix = match value {
+        vector::Value::Scalar(v) => {
+            if instant {
+                return Ok(QueryResult::Scalar {
+                    timestamp_ms: grid.timestamp_ms(0),
+                    value: v,
+                });
+            }
+            vector::constant_series(v, &grid)
+        }
+        vector::Value::Vector(m) => m,
+    };
+    let mut per_step = vec![0usize; grid.len()];
+    for s in &matrix.series {
+        for (step, _) in &s.points {
+            if let Some(c) = per_step.get_mut(*step as usize) {
+                *c += 1;
+                if *c > params.max_series {
+                    return Err(EvalError::MaxSeries {
+                        limit: params.max_series,
+                    });
+                }
+            }
+        }
+    }
+    if instant {
+        let mut samples: Vec<Sample> = matrix
+            .series
+            .into_iter()
+            .filter_map(|s| {
+                s.points.first().map(|(_, v)| Sample {
+                    labels: s.labels,
+                    timestamp_ms: grid.timestamp_ms(0),
+                    value: *v,
+                })
+            })
+            .collect();
+        if !contains_sort(expr) {
+            samples.sort_by(|a, b| a.labels.cmp(&b.labels));
+        }
+        return Ok(QueryResult::Vector(samples));
+    }
+    let mut series: Vec<Series> = matrix
+        .series
+        .into_iter()
+        .filter(|s| !s.points.is_empty())
+        .map(|s| Series {
+            points: s
+                .points
+                .iter()
+                .map(|(step, v)| Point {
+                    timestamp_ms: grid.timestamp_ms(*step as usize),
+                    value: *v,
+                })
+                .collect(),
+            labels: s.labels,
+        })
+        .collect();
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(QueryResult::Matrix(series))
+}

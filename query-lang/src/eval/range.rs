@@ -1,0 +1,542 @@
+//! Range aggregations: samples from log lines, windowed over the step grid.
+//!
+//! Every surviving line becomes one sample (1, its byte length, or an unwrapped value)
+//! keyed by its final labels; samples of one series are then swept once with two
+//! pointers over the steps, each step's window being `(t - offset - range, t - offset]`.
+//! Empty windows emit nothing; there is no extrapolation except in `rate_counter`.
+
+use std::collections::HashMap;
+
+use super::log_query::{leading_line_filters, print_labels};
+use super::source::{Direction, LogSource, SelectRequest};
+use super::{EvalError, QueryParams};
+use crate::log::conversion::{parse_bytes, parse_duration_seconds, parse_float};
+use crate::log::label_filter::LabelFilter;
+use crate::log::labels::SAMPLE_EXTRACTION_ERR;
+use crate::log::{referenced_labels, Labels, LabelsBuilder, Pipeline, Wanted, ERROR_LABEL};
+use crate::syntax::ast::{Conversion, Grouping, RangeAggregation, RangeOp};
+use crate::MatchOp;
+
+/// The evaluation timestamps of a query.
+#[derive(Clone, Debug)]
+pub(crate) struct StepGrid {
+    start_ns: i64,
+    step_ns: i64,
+    count: usize,
+}
+
+impl StepGrid {
+    pub(crate) fn new(params: &QueryParams) -> Self {
+        let count = if params.is_instant() || params.step_ns <= 0 {
+            1
+        } else {
+            usize::try_from((params.end_ns - params.start_ns) / params.step_ns + 1).unwrap_or(1)
+        };
+        StepGrid {
+            start_ns: params.start_ns,
+            step_ns: params.step_ns,
+            count,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    pub(crate) fn timestamp_ns(&self, step: usize) -> i64 {
+        self.start_ns + self.step_ns * step as i64
+    }
+
+    pub(crate) fn timestamp_ms(&self, step: usize) -> i64 {
+        self.timestamp_ns(step).div_euclid(1_000_000)
+    }
+
+    fn first_ns(&self) -> i64 {
+        self.start_ns
+    }
+
+    fn last_ns(&self) -> i64 {
+        self.timestamp_ns(self.count.saturating_sub(1))
+    }
+}
+
+/// A series of an intermediate result: its labels and `(step index, value)` points in
+/// step order.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MSeries {
+    pub labels: Labels,
+    pub points: Vec<(u32, f64)>,
+}
+
+/// An intermediate vector-valued result, series-major.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Matrix {
+    pub series: Vec<MSeries>,
+}
+
+pub(crate) struct Ctx<'a> {
+    pub source: &'a dyn LogSource,
+    pub grid: &'a StepGrid,
+}
+
+/// What an enclosing aggregation tells a range aggregation: which labels it will read
+/// (Loki's parser hints) and whether `__error__` is grouped on rather than fatal.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hint {
+    pub wanted: Option<Vec<String>>,
+}
+
+impl Hint {
+    fn preserve_errors(&self) -> bool {
+        self.wanted
+            .as_ref()
+            .is_some_and(|w| w.iter().any(|n| n == ERROR_LABEL))
+    }
+}
+
+struct SeriesSamples {
+    labels: Labels,
+    ts: Vec<i64>,
+    values: Vec<f64>,
+    sorted: bool,
+}
+
+fn apply_grouping(labels: &Labels, grouping: &Option<Grouping>) -> Labels {
+    match grouping {
+        None => labels.clone(),
+        Some(Grouping::By(names)) => labels
+            .iter()
+            .filter(|(k, _)| names.contains(k))
+            .cloned()
+            .collect(),
+        Some(Grouping::Without(names)) => labels
+            .iter()
+            .filter(|(k, _)| !names.contains(k))
+            .cloned()
+            .collect(),
+    }
+}
+
+fn convert(conv: Conversion, raw: &str) -> Result<f64, String> {
+    match conv {
+        Conversion::Float => parse_float(raw),
+        Conversion::Bytes => parse_bytes(raw),
+        Conversion::Duration | Conversion::DurationSeconds => parse_duration_seconds(raw),
+    }
+}
+
+/// Labels for `absent_over_time`: the selector's `=` matchers whose name appears once.
+fn absent_labels(agg: &RangeAggregation) -> Labels {
+    let matchers = &agg.range.selector.matchers;
+    let mut out: Labels = matchers
+        .iter()
+        .filter(|m| m.op == MatchOp::Eq)
+        .filter(|m| matchers.iter().filter(|o| o.name == m.name).count() == 1)
+        .map(|m| (m.name.clone(), m.value.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+pub(crate) fn eval_range_agg(
+    agg: &RangeAggregation,
+    ctx: &Ctx<'_>,
+    hint: &Hint,
+) -> Result<Matrix, EvalError> {
+    let lr = &agg.range;
+    let wanted = match &hint.wanted {
+        Some(names) => {
+            let mut names = names.clone();
+            referenced_labels(&lr.selector.pipeline, &mut names);
+            if let Some(u) = &lr.unwrap {
+                names.push(u.label.clone());
+                for f in &u.post_filters {
+                    crate::log::label_filter_names(f, &mut names);
+                }
+            }
+            if let Some(Grouping::By(g)) = &agg.grouping {
+                names.extend(g.iter().cloned());
+            }
+            if matches!(agg.grouping, Some(Grouping::Without(_))) || names.iter().any(|n| n == "*")
+            {
+                Wanted::All
+            } else {
+                Wanted::Only(names)
+            }
+        }
+        None => Wanted::All,
+    };
+    let pipeline = Pipeline::with_wanted(&lr.selector.pipeline, &wanted)?;
+    let post_filters: Vec<LabelFilter> = match &lr.unwrap {
+        Some(u) => u
+            .post_filters
+            .iter()
+            .map(LabelFilter::new)
+            .collect::<Result<_, _>>()
+            .map_err(|e| EvalError::Pipeline(e.into()))?,
+        None => Vec::new(),
+    };
+    let preserve = hint.preserve_errors();
+    let grid = ctx.grid;
+    // Samples in (first step - offset - range, last step - offset].
+    let from = grid.first_ns() - lr.offset - lr.range;
+    let to = grid.last_ns() - lr.offset;
+    let hints = leading_line_filters(&lr.selector.pipeline);
+    let req = SelectRequest {
+        matchers: &lr.selector.matchers,
+        start_ns: from.saturating_add(1),
+        end_ns: to.saturating_add(1),
+        direction: Direction::Forward,
+        line_filters: &hints,
+    };
+    let streams = ctx.source.select(&req)?;
+    let mut series: Vec<SeriesSamples> = Vec::new();
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let absent = agg.op == RangeOp::AbsentOverTime;
+    let simple = !pipeline.changes_labels() && lr.unwrap.is_none();
+    for stream in streams {
+        let stream_labels = stream.labels;
+        let stream_key: Labels = if absent {
+            Vec::new()
+        } else {
+            apply_grouping(&stream_labels.pairs().to_vec(), &agg.grouping)
+        };
+        let mut stream_slot: Option<usize> = None;
+        for batch in stream.batches {
+            let batch = batch?;
+            for entry in batch.as_slice() {
+                let ts = entry.timestamp_ns;
+                if ts <= from || ts > to {
+                    continue;
+                }
+                let mut lb = LabelsBuilder::new(&stream_labels);
+                lb.reset(&entry.structured_metadata);
+                let Some(line) = pipeline.process(ts, &entry.line, &mut lb) else {
+                    continue;
+                };
+                let value = match &lr.unwrap {
+                    None => match agg.op {
+                        RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
+                        _ => 1.0,
+                    },
+                    Some(u) => {
+                        let raw = match lb.get(&u.label) {
+                            Some(v) if !v.is_empty() => v.to_owned(),
+                            _ => continue,
+                        };
+                        let v = match convert(u.conversion, &raw) {
+                            Ok(v) => v,
+                            Err(details) => {
+                                lb.set_error_if_none(SAMPLE_EXTRACTION_ERR, details);
+                                0.0
+                            }
+                        };
+                        if !post_filters.iter().all(|f| f.keep(&mut lb)) {
+                            continue;
+                        }
+                        lb.delete(&u.label);
+                        v
+                    }
+                };
+                if let Some(kind) = lb.error() {
+                    if !preserve {
+                        return Err(EvalError::SeriesError {
+                            kind: kind.to_owned(),
+                            series: print_labels(&lb.labels()),
+                        });
+                    }
+                }
+                let slot = if simple && lb.is_unchanged() {
+                    match stream_slot {
+                        Some(s) => s,
+                        None => {
+                            let s = slot_for(&mut index, &mut series, stream_key.clone());
+                            stream_slot = Some(s);
+                            s
+                        }
+                    }
+                } else if absent {
+                    slot_for(&mut index, &mut series, Vec::new())
+                } else {
+                    slot_for(
+                        &mut index,
+                        &mut series,
+                        apply_grouping(&lb.labels(), &agg.grouping),
+                    )
+                };
+                if let Some(s) = series.get_mut(slot) {
+                    if s.ts.last().is_some_and(|last| *last > ts) {
+                        s.sorted = false;
+                    }
+                    s.ts.push(ts);
+                    s.values.push(value);
+                }
+            }
+        }
+    }
+    if absent {
+        return Ok(absent_matrix(agg, &series, grid, lr.range, lr.offset));
+    }
+    let mut out = Matrix::default();
+    for mut s in series {
+        if !s.sorted {
+            let mut order: Vec<usize> = (0..s.ts.len()).collect();
+            order.sort_by_key(|&i| s.ts[i]);
+            s.ts = order.iter().map(|&i| s.ts[i]).collect();
+            s.values = order.iter().map(|&i| s.values[i]).collect();
+        }
+        let points = sweep(agg, &s.ts, &s.values, grid, lr.range, lr.offset);
+        if !points.is_empty() {
+            out.series.push(MSeries {
+                labels: s.labels,
+                points,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn slot_for(
+    index: &mut HashMap<Labels, usize>,
+    series: &mut Vec<SeriesSamples>,
+    key: Labels,
+) -> usize {
+    if let Some(&i) = index.get(&key) {
+        return i;
+    }
+    series.push(SeriesSamples {
+        labels: key.clone(),
+        ts: Vec::new(),
+        values: Vec::new(),
+        sorted: true,
+    });
+    index.insert(key, series.len() - 1);
+    series.len() - 1
+}
+
+fn absent_matrix(
+    agg: &RangeAggregation,
+    series: &[SeriesSamples],
+    grid: &StepGrid,
+    range: i64,
+    offset: i64,
+) -> Matrix {
+    let mut all: Vec<i64> = series.iter().flat_map(|s| s.ts.iter().copied()).collect();
+    all.sort_unstable();
+    let mut points = Vec::new();
+    for step in 0..grid.len() {
+        let t = grid.timestamp_ns(step) - offset;
+        let lo = all.partition_point(|&ts| ts <= t - range);
+        let hi = all.partition_point(|&ts| ts <= t);
+        if lo == hi {
+            points.push((step as u32, 1.0));
+        }
+    }
+    let mut m = Matrix::default();
+    if !points.is_empty() {
+        m.series.push(MSeries {
+            labels: absent_labels(agg),
+            points,
+        });
+    }
+    m
+}
+
+fn sweep(
+    agg: &RangeAggregation,
+    ts: &[i64],
+    values: &[f64],
+    grid: &StepGrid,
+    range: i64,
+    offset: i64,
+) -> Vec<(u32, f64)> {
+    let mut points = Vec::new();
+    let mut lo = 0usize;
+    let mut hi = 0usize;
+    let range_secs = range as f64 / 1e9;
+    for step in 0..grid.len() {
+        let t = grid.timestamp_ns(step) - offset;
+        while hi < ts.len() && ts[hi] <= t {
+            hi += 1;
+        }
+        while lo < hi && ts[lo] <= t - range {
+            lo += 1;
+        }
+        if lo == hi {
+            continue;
+        }
+        let w = &values[lo..hi];
+        let v = match agg.op {
+            RangeOp::CountOverTime => w.len() as f64,
+            RangeOp::Rate => {
+                if agg.range.unwrap.is_some() {
+                    w.iter().sum::<f64>() / range_secs
+                } else {
+                    w.len() as f64 / range_secs
+                }
+            }
+            RangeOp::BytesOverTime | RangeOp::SumOverTime => w.iter().sum(),
+            RangeOp::BytesRate => w.iter().sum::<f64>() / range_secs,
+            RangeOp::AvgOverTime => avg(w),
+            RangeOp::MinOverTime => min_max(w, false),
+            RangeOp::MaxOverTime => min_max(w, true),
+            RangeOp::StdvarOverTime => stdvar(w),
+            RangeOp::StddevOverTime => stdvar(w).sqrt(),
+            RangeOp::QuantileOverTime => quantile(agg.param.unwrap_or(0.0), w),
+            RangeOp::FirstOverTime => w[0],
+            RangeOp::LastOverTime => w[w.len() - 1],
+            RangeOp::RateCounter => rate_counter(&ts[lo..hi], w, t, range),
+            RangeOp::AbsentOverTime => 1.0,
+        };
+        points.push((step as u32, v));
+    }
+    points
+}
+
+/// Prometheus' incremental mean, which keeps ±Inf stable.
+pub(crate) fn avg(w: &[f64]) -> f64 {
+    let mut mean = 0.0f64;
+    let mut count = 0.0f64;
+    for &v in w {
+        count += 1.0;
+        if mean.is_infinite() {
+            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                continue;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                continue;
+            }
+        }
+        mean += v / count - mean / count;
+    }
+    mean
+}
+
+/// Min or max where a NaN is replaced by any later value.
+pub(crate) fn min_max(w: &[f64], max: bool) -> f64 {
+    let mut acc = w[0];
+    for &v in &w[1..] {
+        if acc.is_nan() || (max && v > acc) || (!max && v < acc) {
+            acc = v;
+        }
+    }
+    acc
+}
+
+/// Population variance (Welford).
+pub(crate) fn stdvar(w: &[f64]) -> f64 {
+    let (mut count, mut mean, mut aux) = (0.0f64, 0.0f64, 0.0f64);
+    for &v in w {
+        count += 1.0;
+        let delta = v - mean;
+        mean += delta / count;
+        aux += delta * (v - mean);
+    }
+    aux / count
+}
+
+/// Prometheus quantile: sort, rank `q·(n-1)`, linear interpolation.
+pub(crate) fn quantile(q: f64, w: &[f64]) -> f64 {
+    if w.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    let mut sorted = w.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let n = sorted.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    sorted[lower as usize] * (1.0 - weight) + sorted[upper as usize] * weight
+}
+
+/// Prometheus `rate()` over counter values: resets handled, extrapolated to the window
+/// edges; fewer than two samples give 0.
+fn rate_counter(ts: &[i64], w: &[f64], window_end: i64, range: i64) -> f64 {
+    if w.len() < 2 {
+        return 0.0;
+    }
+    let first = w[0];
+    let last = w[w.len() - 1];
+    let mut result = last - first;
+    let mut prev = first;
+    for &v in &w[1..] {
+        if v < prev {
+            result += prev;
+        }
+        prev = v;
+    }
+    let range_start = window_end - range;
+    let secs = |ns: i64| ns as f64 / 1e9;
+    let mut to_start = secs(ts[0] - range_start);
+    let to_end = secs(window_end - ts[ts.len() - 1]);
+    let sampled = secs(ts[ts.len() - 1] - ts[0]);
+    if sampled <= 0.0 {
+        return 0.0;
+    }
+    let avg_between = sampled / (w.len() - 1) as f64;
+    if result > 0.0 && first >= 0.0 {
+        let to_zero = sampled * (first / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    let threshold = avg_between * 1.1;
+    let mut interval = sampled;
+    interval += if to_start < threshold {
+        to_start
+    } else {
+        avg_between / 2.0
+    };
+    interval += if to_end < threshold {
+        to_end
+    } else {
+        avg_between / 2.0
+    };
+    result * (interval / sampled) / secs(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_interpolates_between_ranks_and_clamps_out_of_range_phi() {
+        assert_eq!(quantile(0.5, &[1.0, 3.0, 2.0]), 2.0);
+        assert_eq!(quantile(0.75, &[1.0, 2.0, 3.0, 4.0]), 3.25);
+        assert_eq!(quantile(-1.0, &[1.0]), f64::NEG_INFINITY);
+        assert_eq!(quantile(2.0, &[1.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn stdvar_is_population_variance_and_min_max_skip_leading_nan() {
+        assert_eq!(stdvar(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]), 4.0);
+        assert_eq!(min_max(&[f64::NAN, 3.0, 1.0], false), 1.0);
+        assert_eq!(min_max(&[f64::NAN, 3.0, 1.0], true), 3.0);
+        assert_eq!(avg(&[1.0, 2.0, 3.0, 4.0]), 2.5);
+    }
+
+    #[test]
+    fn rate_counter_handles_resets_and_extrapolates() {
+        let s = 1_000_000_000i64;
+        // Counter 0,10,20 at 10s,20s,30s in window (0s,40s]: +20 over 20s sampled,
+        // extrapolated to start via zero-crossing (10s) and end (+10s) => 40 over 40s.
+        let v = rate_counter(
+            &[10 * s, 20 * s, 30 * s],
+            &[0.0, 10.0, 20.0],
+            40 * s,
+            40 * s,
+        );
+        assert!((v - 0.75).abs() < 1e-12, "{v}");
+        // A reset from 20 to 5 counts the 20 already seen.
+        let v = rate_counter(&[10 * s, 20 * s], &[20.0, 5.0], 20 * s, 10 * s);
+        assert!(v > 0.0);
+        assert_eq!(rate_counter(&[s], &[1.0], s, s), 0.0);
+    }
+}

@@ -1,0 +1,774 @@
+//! The `json` parser (full flattening or `json a="path"` extraction) and `unpack`.
+//!
+//! Owns reading JSON lines into labels with Loki's rules: nested keys joined with `_`,
+//! names sanitised, arrays and `null` skipped, strings unescaped, numbers kept as written,
+//! labels seen before a syntax error kept and the error reported as `JSONParserErr` with
+//! the same wording Loki's JSON library uses. A hand-rolled single-pass scanner is used
+//! instead of serde_json because Loki's answers depend on streaming behaviour (partial
+//! labels before an error, raw number text) and because it avoids building a tree per line.
+
+use super::labels::{is_clean_label_name, sanitize_label_name, LabelsBuilder, JSON_PARSER_ERR};
+
+const MALFORMED_OBJECT: &str = "Value looks like object, but can't find closing '}' symbol";
+const MALFORMED_STRING: &str = "Value is string, but can't find closing '\"' symbol";
+const MALFORMED_ARRAY: &str = "Value is array, but can't find closing ']' symbol";
+const MALFORMED_VALUE: &str =
+    "Value looks like Number/Boolean/None, but can't find its end: ',' or '}' symbol";
+const UNKNOWN_VALUE: &str = "Unknown value type";
+const MALFORMED_ESCAPE: &str = "Encountered an invalid escape sequence in a string";
+const NOT_AN_OBJECT: &str = "expecting json object(6), but it is not";
+// Nesting deeper than this is treated as malformed rather than risking the stack.
+const MAX_DEPTH: usize = 128;
+
+type JsonResult<T> = Result<T, &'static str>;
+
+struct Scanner<'l> {
+    b: &'l [u8],
+    pos: usize,
+}
+
+enum Value<'l> {
+    Str(&'l [u8], bool),
+    Raw(&'l [u8]),
+    Null,
+    Skipped,
+}
+
+impl<'l> Scanner<'l> {
+    fn new(line: &'l str) -> Self {
+        Scanner {
+            b: line.as_bytes(),
+            pos: 0,
+        }
+    }
+
+    #[inline]
+    fn skip_ws(&mut self) {
+        while let Some(&c) = self.b.get(self.pos) {
+            if c == b' ' || c == b'\t' || c == b'\n' || c == b'\r' {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.pos).copied()
+    }
+
+    /// Reads a string whose opening quote is at `pos`; returns the raw bytes between the
+    /// quotes and whether they contain escapes.
+    fn string(&mut self) -> JsonResult<(&'l [u8], bool)> {
+        let start = self.pos + 1;
+        let mut i = start;
+        let mut escaped = false;
+        loop {
+            let rest = self.b.get(i..).ok_or(MALFORMED_STRING)?;
+            match memchr::memchr2(b'"', b'\\', rest) {
+                None => return Err(MALFORMED_STRING),
+                Some(at) => {
+                    let j = i + at;
+                    if self.b.get(j) == Some(&b'"') {
+                        self.pos = j + 1;
+                        return Ok((self.b.get(start..j).unwrap_or_default(), escaped));
+                    }
+                    escaped = true;
+                    i = j + 2;
+                }
+            }
+        }
+    }
+
+    fn scalar_end(&mut self) -> JsonResult<&'l [u8]> {
+        let start = self.pos;
+        while let Some(c) = self.peek() {
+            if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                return Ok(self.b.get(start..self.pos).unwrap_or_default());
+            }
+            self.pos += 1;
+        }
+        Err(MALFORMED_VALUE)
+    }
+
+    /// Skips any value starting at `pos`, returning its raw span.
+    fn skip_value(&mut self, depth: usize) -> JsonResult<&'l [u8]> {
+        if depth > MAX_DEPTH {
+            return Err(MALFORMED_OBJECT);
+        }
+        let start = self.pos;
+        match self.peek() {
+            Some(b'"') => {
+                self.string()?;
+            }
+            Some(b'{') => {
+                self.pos += 1;
+                self.skip_ws();
+                if self.peek() == Some(b'}') {
+                    self.pos += 1;
+                } else {
+                    loop {
+                        self.skip_ws();
+                        if self.peek() != Some(b'"') {
+                            return Err(MALFORMED_OBJECT);
+                        }
+                        self.string()?;
+                        self.skip_ws();
+                        if self.peek() != Some(b':') {
+                            return Err(MALFORMED_OBJECT);
+                        }
+                        self.pos += 1;
+                        self.skip_ws();
+                        self.skip_value(depth + 1)?;
+                        self.skip_ws();
+                        match self.peek() {
+                            Some(b',') => self.pos += 1,
+                            Some(b'}') => {
+                                self.pos += 1;
+                                break;
+                            }
+                            _ => return Err(MALFORMED_OBJECT),
+                        }
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                self.skip_ws();
+                if self.peek() == Some(b']') {
+                    self.pos += 1;
+                } else {
+                    loop {
+                        self.skip_ws();
+                        self.skip_value(depth + 1).map_err(|e| {
+                            if e == MALFORMED_VALUE {
+                                MALFORMED_ARRAY
+                            } else {
+                                e
+                            }
+                        })?;
+                        self.skip_ws();
+                        match self.peek() {
+                            Some(b',') => self.pos += 1,
+                            Some(b']') => {
+                                self.pos += 1;
+                                break;
+                            }
+                            _ => return Err(MALFORMED_ARRAY),
+                        }
+                    }
+                }
+            }
+            Some(b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+                self.scalar_end()?;
+            }
+            _ => return Err(UNKNOWN_VALUE),
+        }
+        Ok(self.b.get(start..self.pos).unwrap_or_default())
+    }
+
+    fn value(&mut self) -> JsonResult<Value<'l>> {
+        match self.peek() {
+            Some(b'"') => {
+                let (raw, escaped) = self.string()?;
+                Ok(Value::Str(raw, escaped))
+            }
+            Some(b'[') => {
+                self.skip_value(1)?;
+                Ok(Value::Skipped)
+            }
+            Some(b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+                let raw = self.scalar_end()?;
+                match raw {
+                    b"null" => Ok(Value::Null),
+                    b"true" | b"false" => Ok(Value::Raw(raw)),
+                    _ if raw
+                        .first()
+                        .is_some_and(|c| *c == b'-' || c.is_ascii_digit()) =>
+                    {
+                        Ok(Value::Raw(raw))
+                    }
+                    _ => Err(UNKNOWN_VALUE),
+                }
+            }
+            _ => Err(UNKNOWN_VALUE),
+        }
+    }
+}
+
+/// Decodes the bytes between a JSON string's quotes.
+fn unescape(raw: &[u8], escaped: bool) -> JsonResult<String> {
+    if !escaped {
+        return Ok(String::from_utf8_lossy(raw).into_owned());
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let esc = *raw.get(i + 1).ok_or(MALFORMED_ESCAPE)?;
+        i += 2;
+        let ch = match esc {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hex = |at: usize| -> JsonResult<u32> {
+                    let digits = raw.get(at..at + 4).ok_or(MALFORMED_ESCAPE)?;
+                    let s = std::str::from_utf8(digits).map_err(|_| MALFORMED_ESCAPE)?;
+                    u32::from_str_radix(s, 16).map_err(|_| MALFORMED_ESCAPE)
+                };
+                let hi = hex(i)?;
+                i += 4;
+                if (0xD800..0xDC00).contains(&hi)
+                    && raw.get(i) == Some(&b'\\')
+                    && raw.get(i + 1) == Some(&b'u')
+                {
+                    let lo = hex(i + 2)?;
+                    if (0xDC00..0xE000).contains(&lo) {
+                        i += 6;
+                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+                            .unwrap_or(' ')
+                    } else {
+                        ' '
+                    }
+                } else {
+                    char::from_u32(hi).unwrap_or(' ')
+                }
+            }
+            _ => return Err(MALFORMED_ESCAPE),
+        };
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+    }
+    Ok(String::from_utf8(out)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).replace('\u{FFFD}', " ")))
+}
+
+/// Which labels a `json`/`logfmt` parser needs to produce: all, or only those a metric
+/// query reads (Loki's parser hints).
+#[derive(Clone, Debug, Default)]
+pub enum Wanted {
+    #[default]
+    All,
+    Only(Vec<String>),
+}
+
+impl Wanted {
+    #[inline]
+    pub(crate) fn wants(&self, name: &str) -> bool {
+        match self {
+            Wanted::All => true,
+            Wanted::Only(names) => names.iter().any(|n| {
+                n == name
+                    || n.strip_suffix("_extracted")
+                        .is_some_and(|base| base == name)
+            }),
+        }
+    }
+
+    fn wants_prefix(&self, prefix: &str) -> bool {
+        match self {
+            Wanted::All => true,
+            Wanted::Only(names) => names.iter().any(|n| n.starts_with(prefix)),
+        }
+    }
+}
+
+/// `| json` without parameters: every scalar field, flattened.
+#[derive(Clone, Debug, Default)]
+pub struct JsonParser {
+    pub(crate) wanted: Wanted,
+}
+
+impl JsonParser {
+    /// A parser producing every label.
+    pub fn new() -> Self {
+        JsonParser::default()
+    }
+
+    /// Parses `line` into `lb`, setting `JSONParserErr` on malformed input.
+    pub fn process(&self, line: &str, lb: &mut LabelsBuilder<'_>) {
+        let mut sc = Scanner::new(line);
+        sc.skip_ws();
+        let mut prefix = String::new();
+        let result = if sc.peek() == Some(b'{') {
+            self.object(&mut sc, &mut prefix, lb, 0)
+        } else {
+            Err(MALFORMED_OBJECT)
+        };
+        if let Err(details) = result {
+            lb.set_error(JSON_PARSER_ERR, details);
+        }
+    }
+
+    fn object(
+        &self,
+        sc: &mut Scanner<'_>,
+        prefix: &mut String,
+        lb: &mut LabelsBuilder<'_>,
+        depth: usize,
+    ) -> JsonResult<()> {
+        if depth > MAX_DEPTH {
+            return Err(MALFORMED_OBJECT);
+        }
+        sc.pos += 1;
+        sc.skip_ws();
+        if sc.peek() == Some(b'}') {
+            sc.pos += 1;
+            return Ok(());
+        }
+        let prefix_len = prefix.len();
+        loop {
+            sc.skip_ws();
+            if sc.peek() != Some(b'"') {
+                return Err(MALFORMED_OBJECT);
+            }
+            let (raw_key, key_escaped) = sc.string()?;
+            sc.skip_ws();
+            if sc.peek() != Some(b':') {
+                return Err(MALFORMED_OBJECT);
+            }
+            sc.pos += 1;
+            sc.skip_ws();
+            let key = unescape(raw_key, key_escaped)?;
+            let segment = if is_clean_label_name(&key) {
+                key
+            } else {
+                sanitize_label_name(&key)
+            };
+            if !segment.is_empty() {
+                if !prefix.is_empty() {
+                    prefix.push('_');
+                }
+                prefix.push_str(&segment);
+            }
+            let named = !prefix.is_empty() && (prefix_len > 0 || !segment.is_empty());
+            if sc.peek() == Some(b'{') {
+                if named && self.wanted.wants_prefix(prefix) {
+                    self.object(sc, prefix, lb, depth + 1)?;
+                } else {
+                    sc.skip_value(depth + 1)?;
+                }
+            } else {
+                match sc.value()? {
+                    Value::Str(raw, escaped) if named && self.wanted.wants(prefix) => {
+                        let v = unescape(raw, escaped)?;
+                        lb.add_extracted(prefix, &v);
+                    }
+                    Value::Raw(raw) if named && self.wanted.wants(prefix) => {
+                        lb.add_extracted(prefix, &String::from_utf8_lossy(raw));
+                    }
+                    _ => {}
+                }
+            }
+            prefix.truncate(prefix_len);
+            sc.skip_ws();
+            match sc.peek() {
+                Some(b',') => sc.pos += 1,
+                Some(b'}') => {
+                    sc.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(MALFORMED_OBJECT),
+            }
+        }
+    }
+}
+
+/// One step of a `json` extraction path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathSegment {
+    Field(String),
+    Index(usize),
+}
+
+/// A `json` extraction expression that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid json expression {expression:?} for label {label:?}: {reason}")]
+pub struct JsonExpressionError {
+    pub label: String,
+    pub expression: String,
+    pub reason: String,
+}
+
+/// Parses `a.b[0]["x-y"]` into path segments.
+pub fn parse_json_path(label: &str, expr: &str) -> Result<Vec<PathSegment>, JsonExpressionError> {
+    let bad = |reason: &str| JsonExpressionError {
+        label: label.to_owned(),
+        expression: expr.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut expect_field = true;
+    while i < b.len() {
+        match b[i] {
+            b'.' if !expect_field => {
+                i += 1;
+                expect_field = true;
+            }
+            b'[' => {
+                i += 1;
+                if b.get(i) == Some(&b'"') {
+                    let close = expr[i + 1..]
+                        .find('"')
+                        .ok_or_else(|| bad("unterminated quoted key"))?;
+                    out.push(PathSegment::Field(expr[i + 1..i + 1 + close].to_owned()));
+                    i += close + 2;
+                } else {
+                    let close = expr[i..].find(']').ok_or_else(|| bad("missing ']'"))?;
+                    let idx = expr[i..i + close]
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad("array index must be a non-negative integer"))?;
+                    out.push(PathSegment::Index(idx));
+                    i += close;
+                }
+                if b.get(i) != Some(&b']') {
+                    return Err(bad("missing ']'"));
+                }
+                i += 1;
+                expect_field = false;
+            }
+            c if expect_field && (c.is_ascii_alphabetic() || c == b'_') => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                out.push(PathSegment::Field(expr[start..i].to_owned()));
+                expect_field = false;
+            }
+            _ => {
+                return Err(bad(
+                    "fields must match [A-Za-z_][A-Za-z0-9_]*; use [\"...\"] otherwise",
+                ))
+            }
+        }
+    }
+    if out.is_empty() || expect_field && !b.is_empty() && b.last() == Some(&b'.') {
+        return Err(bad("empty path"));
+    }
+    Ok(out)
+}
+
+/// `| json a="path", b`: only the listed labels.
+#[derive(Clone, Debug)]
+pub struct JsonExtractor {
+    params: Vec<(String, Vec<PathSegment>)>,
+}
+
+impl JsonExtractor {
+    /// Builds the extractor from `(label, expression)` pairs.
+    pub fn new(params: &[(String, String)]) -> Result<Self, JsonExpressionError> {
+        let params = params
+            .iter()
+            .map(|(label, expr)| Ok((label.clone(), parse_json_path(label, expr)?)))
+            .collect::<Result<_, JsonExpressionError>>()?;
+        Ok(JsonExtractor { params })
+    }
+
+    /// The label names this extractor produces.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|(l, _)| l.as_str())
+    }
+
+    /// Extracts the listed paths from `line` into `lb`.
+    pub fn process(&self, line: &str, lb: &mut LabelsBuilder<'_>) {
+        let first = line.trim_start().as_bytes().first().copied();
+        if !matches!(first, Some(b'{' | b'[' | b'"')) {
+            lb.set_error(JSON_PARSER_ERR, MALFORMED_OBJECT);
+            return;
+        }
+        for (label, path) in &self.params {
+            let value = match find_path(line, path) {
+                Ok(Some(v)) => v,
+                Ok(None) => String::new(),
+                Err(details) => {
+                    lb.set_error(JSON_PARSER_ERR, details);
+                    return;
+                }
+            };
+            lb.add_extracted(label, &value);
+        }
+    }
+}
+
+fn find_path(line: &str, path: &[PathSegment]) -> JsonResult<Option<String>> {
+    let mut sc = Scanner::new(line);
+    sc.skip_ws();
+    for seg in path {
+        match (seg, sc.peek()) {
+            (PathSegment::Field(name), Some(b'{')) => {
+                sc.pos += 1;
+                let mut found = false;
+                sc.skip_ws();
+                if sc.peek() == Some(b'}') {
+                    return Ok(None);
+                }
+                loop {
+                    sc.skip_ws();
+                    if sc.peek() != Some(b'"') {
+                        return Err(MALFORMED_OBJECT);
+                    }
+                    let (raw, esc) = sc.string()?;
+                    sc.skip_ws();
+                    if sc.peek() != Some(b':') {
+                        return Err(MALFORMED_OBJECT);
+                    }
+                    sc.pos += 1;
+                    sc.skip_ws();
+                    if unescape(raw, esc)? == *name {
+                        found = true;
+                        break;
+                    }
+                    sc.skip_value(1)?;
+                    sc.skip_ws();
+                    match sc.peek() {
+                        Some(b',') => sc.pos += 1,
+                        Some(b'}') => break,
+                        _ => return Err(MALFORMED_OBJECT),
+                    }
+                }
+                if !found {
+                    return Ok(None);
+                }
+            }
+            (PathSegment::Index(idx), Some(b'[')) => {
+                sc.pos += 1;
+                sc.skip_ws();
+                if sc.peek() == Some(b']') {
+                    return Ok(None);
+                }
+                let mut n = 0;
+                loop {
+                    sc.skip_ws();
+                    if n == *idx {
+                        break;
+                    }
+                    sc.skip_value(1)?;
+                    sc.skip_ws();
+                    match sc.peek() {
+                        Some(b',') => sc.pos += 1,
+                        Some(b']') => return Ok(None),
+                        _ => return Err(MALFORMED_ARRAY),
+                    }
+                    n += 1;
+                }
+            }
+            _ => return Ok(None),
+        }
+    }
+    let raw = sc.skip_value(1)?;
+    Ok(Some(match raw.first() {
+        Some(b'"') => {
+            let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
+            unescape(inner, inner.contains(&b'\\'))?
+        }
+        _ if raw == b"null" => String::new(),
+        _ => String::from_utf8_lossy(raw).into_owned(),
+    }))
+}
+
+/// `| unpack`: for Promtail's `pack` output.
+#[derive(Clone, Debug, Default)]
+pub struct Unpacker;
+
+impl Unpacker {
+    /// Adds the top-level string fields as labels and returns the `_entry` value as the
+    /// new line; returns `None` (line unchanged) when there is no `_entry`.
+    pub fn process(&self, line: &str, lb: &mut LabelsBuilder<'_>) -> Option<String> {
+        let mut sc = Scanner::new(line);
+        sc.skip_ws();
+        if sc.peek() != Some(b'{') {
+            lb.set_error(JSON_PARSER_ERR, NOT_AN_OBJECT);
+            return None;
+        }
+        match unpack_fields(&mut sc) {
+            Ok((fields, Some(entry))) => {
+                for (k, v) in fields {
+                    let name = sanitize_label_name(&k);
+                    if !name.is_empty() {
+                        lb.add_extracted(&name, &v);
+                    }
+                }
+                Some(entry)
+            }
+            Ok((_, None)) => None,
+            Err(details) => {
+                lb.set_error(JSON_PARSER_ERR, details);
+                None
+            }
+        }
+    }
+}
+
+type Fields = Vec<(String, String)>;
+
+fn unpack_fields(sc: &mut Scanner<'_>) -> JsonResult<(Fields, Option<String>)> {
+    let mut fields = Vec::new();
+    let mut entry = None;
+    sc.pos += 1;
+    sc.skip_ws();
+    if sc.peek() == Some(b'}') {
+        return Ok((fields, entry));
+    }
+    loop {
+        sc.skip_ws();
+        if sc.peek() != Some(b'"') {
+            return Err(MALFORMED_OBJECT);
+        }
+        let (raw, esc) = sc.string()?;
+        let key = unescape(raw, esc)?;
+        sc.skip_ws();
+        if sc.peek() != Some(b':') {
+            return Err(MALFORMED_OBJECT);
+        }
+        sc.pos += 1;
+        sc.skip_ws();
+        if sc.peek() == Some(b'"') {
+            let (raw, esc) = sc.string()?;
+            let value = unescape(raw, esc)?;
+            if key == "_entry" {
+                entry = Some(value);
+            } else {
+                fields.push((key, value));
+            }
+        } else {
+            sc.skip_value(1)?;
+        }
+        sc.skip_ws();
+        match sc.peek() {
+            Some(b',') => sc.pos += 1,
+            Some(b'}') => return Ok((fields, entry)),
+            _ => return Err(MALFORMED_OBJECT),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::labels::{ERROR_DETAILS_LABEL, ERROR_LABEL};
+    use lode_push::LabelSet;
+
+    fn labels_of(stream: &LabelSet, line: &str) -> Vec<(String, String)> {
+        let mut lb = LabelsBuilder::new(stream);
+        JsonParser::new().process(line, &mut lb);
+        lb.labels()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn nested_objects_flatten_arrays_skip_and_conflicts_get_suffix() {
+        let s = LabelSet::from_pairs([("app", "x"), ("cluster", "c1")]).unwrap();
+        let got = labels_of(
+            &s,
+            r#"{"level":"error","cluster":"c2","req":{"id":7,"tags":["a"]}}"#,
+        );
+        assert_eq!(
+            got,
+            pairs(&[
+                ("app", "x"),
+                ("cluster", "c1"),
+                ("cluster_extracted", "c2"),
+                ("level", "error"),
+                ("req_id", "7"),
+            ])
+        );
+    }
+
+    #[test]
+    fn keys_are_sanitised_numbers_kept_raw_and_null_skipped() {
+        let s = LabelSet::from_pairs([("app", "x")]).unwrap();
+        let got = labels_of(
+            &s,
+            r#"{"a.b":{"c":"d"},"e":"f\n\u00e9","n":1.50,"ok":true,"z":null,"1x":"y"}"#,
+        );
+        assert_eq!(
+            got,
+            pairs(&[
+                ("_1x", "y"),
+                ("a_b_c", "d"),
+                ("app", "x"),
+                ("e", "f\né"),
+                ("n", "1.50"),
+                ("ok", "true"),
+            ])
+        );
+    }
+
+    #[test]
+    fn truncated_line_keeps_earlier_labels_and_reports_the_json_error() {
+        let s = LabelSet::from_pairs([("app", "x")]).unwrap();
+        let got = labels_of(&s, r#"{"level":"info","msg":"truncated json"#);
+        assert!(got.contains(&("level".to_owned(), "info".to_owned())));
+        assert!(got.contains(&(ERROR_LABEL.to_owned(), JSON_PARSER_ERR.to_owned())));
+        assert!(got.contains(&(ERROR_DETAILS_LABEL.to_owned(), MALFORMED_STRING.to_owned())));
+        let got = labels_of(&s, "plain text");
+        assert!(got.contains(&(ERROR_LABEL.to_owned(), JSON_PARSER_ERR.to_owned())));
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_first_value() {
+        let s = LabelSet::from_pairs([("app", "x")]).unwrap();
+        let got = labels_of(&s, r#"{"a":"1","a":"2"}"#);
+        assert_eq!(got, pairs(&[("a", "1"), ("app", "x")]));
+    }
+
+    #[test]
+    fn extraction_params_follow_paths_and_store_raw_json_for_objects() {
+        let s = LabelSet::from_pairs([("app", "x")]).unwrap();
+        let ex = JsonExtractor::new(&[
+            ("m".to_owned(), "http.method".to_owned()),
+            ("t".to_owned(), "tags[1]".to_owned()),
+            ("h".to_owned(), "http".to_owned()),
+            ("k".to_owned(), r#"odd["x-y"]"#.to_owned()),
+            ("missing".to_owned(), "nope.nope".to_owned()),
+        ])
+        .unwrap();
+        let mut lb = LabelsBuilder::new(&s);
+        ex.process(
+            r#"{"http":{"method":"PUT","path":"/a"},"tags":["a","b"],"odd":{"x-y":3}}"#,
+            &mut lb,
+        );
+        assert_eq!(lb.get("m"), Some("PUT"));
+        assert_eq!(lb.get("t"), Some("b"));
+        assert_eq!(lb.get("h"), Some(r#"{"method":"PUT","path":"/a"}"#));
+        assert_eq!(lb.get("k"), Some("3"));
+        assert_eq!(lb.get("missing"), Some(""));
+        assert!(parse_json_path("x", "a-b").is_err());
+    }
+
+    #[test]
+    fn unpack_replaces_line_only_when_entry_is_present() {
+        let s = LabelSet::from_pairs([("app", "x")]).unwrap();
+        let mut lb = LabelsBuilder::new(&s);
+        let line = Unpacker.process(r#"{"_entry":"hello","pod":"p1","n":3}"#, &mut lb);
+        assert_eq!(line.as_deref(), Some("hello"));
+        assert_eq!(lb.get("pod"), Some("p1"));
+        assert_eq!(lb.get("n"), None);
+        let mut lb = LabelsBuilder::new(&s);
+        assert_eq!(Unpacker.process(r#"{"pod":"p1"}"#, &mut lb), None);
+        assert_eq!(lb.get("pod"), None);
+        let mut lb = LabelsBuilder::new(&s);
+        Unpacker.process("[x] not json", &mut lb);
+        assert_eq!(lb.get(ERROR_DETAILS_LABEL), Some(NOT_AN_OBJECT));
+    }
+}

@@ -1,0 +1,387 @@
+//! The per-line label builder: the labels a log line carries while it runs through a
+//! pipeline.
+//!
+//! Owns the three label categories Loki keeps apart — stream labels, structured metadata
+//! and parsed labels — plus the error slot (`__error__`, `__error_details__`). Parsed
+//! labels win over metadata, metadata over stream labels. Parsers add labels with the
+//! `_extracted` and first-value-wins rules; `label_format` sets them outright. It does not
+//! own how stages compute values, nor how series are keyed (the evaluator's).
+
+use lode_push::LabelSet;
+
+/// The label a stage sets when it fails on a line.
+pub const ERROR_LABEL: &str = "__error__";
+/// The label holding the error text of [`ERROR_LABEL`].
+pub const ERROR_DETAILS_LABEL: &str = "__error_details__";
+
+/// Error kinds Loki writes into `__error__`.
+pub const JSON_PARSER_ERR: &str = "JSONParserErr";
+pub const LOGFMT_PARSER_ERR: &str = "LogfmtParserErr";
+pub const LABEL_FILTER_ERR: &str = "LabelFilterErr";
+pub const SAMPLE_EXTRACTION_ERR: &str = "SampleExtractionErr";
+pub const TEMPLATE_FORMAT_ERR: &str = "TemplateFormatErr";
+
+/// Sorted `(name, value)` pairs: a line's final labels or a series' labels.
+pub type Labels = Vec<(String, String)>;
+
+/// Labels of one line split by where they came from, as the `categorize-labels`
+/// response encoding needs them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CategorizedLabels {
+    /// Stream labels that survived the pipeline.
+    pub stream: Labels,
+    /// Structured metadata that survived the pipeline.
+    pub structured_metadata: Labels,
+    /// Labels the pipeline added (parsers, `label_format`, errors).
+    pub parsed: Labels,
+}
+
+/// The labels of the line being processed.
+///
+/// One builder serves every line of a stream: [`LabelsBuilder::reset`] clears what the
+/// previous line's stages did, so the per-line cost is only what stages add.
+#[derive(Debug)]
+pub struct LabelsBuilder<'a> {
+    stream: &'a LabelSet,
+    metadata: &'a [(String, String)],
+    parsed: Vec<(String, String)>,
+    // Stream or metadata names removed by `drop`, `keep` or a `label_format` rename.
+    hidden: Vec<String>,
+    error: Option<String>,
+    error_details: Option<String>,
+}
+
+impl<'a> LabelsBuilder<'a> {
+    /// A builder for lines of the stream labelled `stream`.
+    pub fn new(stream: &'a LabelSet) -> Self {
+        LabelsBuilder {
+            stream,
+            metadata: &[],
+            parsed: Vec::new(),
+            hidden: Vec::new(),
+            error: None,
+            error_details: None,
+        }
+    }
+
+    /// Starts a new line carrying `metadata` as structured metadata.
+    pub fn reset(&mut self, metadata: &'a [(String, String)]) {
+        self.metadata = metadata;
+        self.parsed.clear();
+        self.hidden.clear();
+        self.error = None;
+        self.error_details = None;
+    }
+
+    /// The stream labels the builder started from.
+    pub fn stream_labels(&self) -> &'a LabelSet {
+        self.stream
+    }
+
+    /// True when no stage has changed any label of this line.
+    pub fn is_unchanged(&self) -> bool {
+        self.parsed.is_empty()
+            && self.hidden.is_empty()
+            && self.error.is_none()
+            && self.error_details.is_none()
+            && self.metadata.is_empty()
+    }
+
+    fn is_hidden(&self, name: &str) -> bool {
+        self.hidden.iter().any(|h| h == name)
+    }
+
+    fn base_get(&self, name: &str) -> Option<&str> {
+        if self.is_hidden(name) {
+            return None;
+        }
+        if let Some((_, v)) = self.metadata.iter().rev().find(|(k, _)| k == name) {
+            return Some(v);
+        }
+        self.stream.get(name)
+    }
+
+    /// The current value of `name`, `__error__` and `__error_details__` included.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        match name {
+            ERROR_LABEL => return self.error.as_deref(),
+            ERROR_DETAILS_LABEL => return self.error_details.as_deref(),
+            _ => {}
+        }
+        if let Some((_, v)) = self.parsed.iter().find(|(k, _)| k == name) {
+            return Some(v);
+        }
+        self.base_get(name)
+    }
+
+    /// Whether `name` is a (not removed) stream label or structured-metadata key: a parser
+    /// producing the same name must suffix it with `_extracted`.
+    pub fn is_stream_or_metadata(&self, name: &str) -> bool {
+        self.base_get(name).is_some()
+    }
+
+    /// Whether a parser already produced `name` for this line.
+    pub fn has_parsed(&self, name: &str) -> bool {
+        self.parsed.iter().any(|(k, _)| k == name)
+    }
+
+    /// Adds a label produced by a parser: suffixed with `_extracted` when it collides with
+    /// a stream or metadata label, and ignored when a parser already set it (first wins).
+    pub fn add_extracted(&mut self, name: &str, value: &str) {
+        if self.is_stream_or_metadata(name) {
+            let suffixed = format!("{name}_extracted");
+            if !self.has_parsed(&suffixed) {
+                self.parsed.push((suffixed, value.to_owned()));
+            }
+        } else if !self.has_parsed(name) {
+            self.parsed.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// Sets `name` to `value` as a parsed label, overriding any category (`label_format`).
+    pub fn set(&mut self, name: &str, value: String) {
+        match name {
+            ERROR_LABEL => {
+                self.error = Some(value);
+                return;
+            }
+            ERROR_DETAILS_LABEL => {
+                self.error_details = Some(value);
+                return;
+            }
+            _ => {}
+        }
+        if let Some(slot) = self.parsed.iter_mut().find(|(k, _)| k == name) {
+            slot.1 = value;
+        } else {
+            self.parsed.push((name.to_owned(), value));
+        }
+    }
+
+    /// Removes `name` from every category; removing an error label clears the error.
+    pub fn delete(&mut self, name: &str) {
+        match name {
+            ERROR_LABEL => {
+                self.error = None;
+                return;
+            }
+            ERROR_DETAILS_LABEL => {
+                self.error_details = None;
+                return;
+            }
+            _ => {}
+        }
+        self.parsed.retain(|(k, _)| k != name);
+        if self.base_get(name).is_some() {
+            self.hidden.push(name.to_owned());
+        }
+    }
+
+    /// Whether a stage has set `__error__` on this line.
+    pub fn has_error(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// The `__error__` value, if any.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Sets `__error__` and `__error_details__` (parser errors overwrite earlier ones).
+    pub fn set_error(&mut self, kind: &str, details: impl Into<String>) {
+        self.error = Some(kind.to_owned());
+        let details = details.into();
+        self.error_details = if details.is_empty() {
+            None
+        } else {
+            Some(details)
+        };
+    }
+
+    /// Sets the error only when none is set yet (label-filter and extraction errors).
+    pub fn set_error_if_none(&mut self, kind: &str, details: impl Into<String>) {
+        if self.error.is_none() {
+            self.set_error(kind, details);
+        }
+    }
+
+    /// Every current label name, unsorted, error labels included.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (k, _) in self.stream.iter() {
+            if !self.is_hidden(k) {
+                names.push(k.to_owned());
+            }
+        }
+        for (k, _) in self.metadata {
+            if !self.is_hidden(k) && !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+        for (k, _) in &self.parsed {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+        if self.error.is_some() {
+            names.push(ERROR_LABEL.to_owned());
+        }
+        if self.error_details.is_some() {
+            names.push(ERROR_DETAILS_LABEL.to_owned());
+        }
+        names
+    }
+
+    /// The line's final label set, sorted by name.
+    pub fn labels(&self) -> Labels {
+        let mut out: Labels =
+            Vec::with_capacity(self.stream.len() + self.metadata.len() + self.parsed.len() + 2);
+        for (k, v) in self.stream.iter() {
+            if !self.is_hidden(k) && !self.has_parsed(k) {
+                out.push((k.to_owned(), v.to_owned()));
+            }
+        }
+        for (k, v) in self.metadata {
+            if !self.is_hidden(k) && !self.has_parsed(k) {
+                // Metadata overrides a stream label of the same name.
+                if let Some(slot) = out.iter_mut().find(|(n, _)| n == k) {
+                    slot.1 = v.clone();
+                } else {
+                    out.push((k.clone(), v.clone()));
+                }
+            }
+        }
+        out.extend(self.parsed.iter().cloned());
+        if let Some(e) = &self.error {
+            out.push((ERROR_LABEL.to_owned(), e.clone()));
+        }
+        if let Some(d) = &self.error_details {
+            out.push((ERROR_DETAILS_LABEL.to_owned(), d.clone()));
+        }
+        out.sort();
+        out
+    }
+
+    /// The final labels split into stream labels, structured metadata and parsed labels.
+    pub fn categorized(&self) -> CategorizedLabels {
+        let mut stream: Labels = self
+            .stream
+            .iter()
+            .filter(|(k, _)| !self.is_hidden(k) && !self.has_parsed(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let mut structured_metadata: Labels = Vec::new();
+        for (k, v) in self.metadata {
+            if self.is_hidden(k) || self.has_parsed(k) {
+                continue;
+            }
+            stream.retain(|(n, _)| n != k);
+            structured_metadata.retain(|(n, _)| n != k);
+            structured_metadata.push((k.clone(), v.clone()));
+        }
+        let mut parsed = self.parsed.clone();
+        if let Some(e) = &self.error {
+            parsed.push((ERROR_LABEL.to_owned(), e.clone()));
+        }
+        if let Some(d) = &self.error_details {
+            parsed.push((ERROR_DETAILS_LABEL.to_owned(), d.clone()));
+        }
+        structured_metadata.sort();
+        parsed.sort();
+        CategorizedLabels {
+            stream,
+            structured_metadata,
+            parsed,
+        }
+    }
+}
+
+/// Loki's label-name sanitising for parsed keys: trim whitespace, every rune outside
+/// `[A-Za-z0-9_]` becomes `_`, a leading digit gets a `_` prefix.
+pub fn sanitize_label_name(raw: &str) -> String {
+    let trimmed = raw.trim();
+    let mut out = String::with_capacity(trimmed.len() + 1);
+    for (i, c) in trimmed.chars().enumerate() {
+        if i == 0 && c.is_ascii_digit() {
+            out.push('_');
+        }
+        if c.is_ascii_alphanumeric() || c == '_' {
+            out.push(c);
+        } else {
+            out.push('_');
+        }
+    }
+    out
+}
+
+/// True when `raw` is already a valid label name (the common case: no allocation needed).
+pub(crate) fn is_clean_label_name(raw: &str) -> bool {
+    lode_push::labels::is_valid_label_name(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> LabelSet {
+        LabelSet::from_pairs([("app", "x"), ("cluster", "c1")]).unwrap()
+    }
+
+    #[test]
+    fn parsed_label_colliding_with_stream_label_gets_extracted_suffix() {
+        let s = stream();
+        let mut lb = LabelsBuilder::new(&s);
+        lb.add_extracted("cluster", "c2");
+        lb.add_extracted("level", "error");
+        assert_eq!(lb.get("cluster"), Some("c1"));
+        assert_eq!(lb.get("cluster_extracted"), Some("c2"));
+        assert_eq!(
+            lb.labels(),
+            vec![
+                ("app".to_owned(), "x".to_owned()),
+                ("cluster".to_owned(), "c1".to_owned()),
+                ("cluster_extracted".to_owned(), "c2".to_owned()),
+                ("level".to_owned(), "error".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn first_parsed_value_wins_but_label_format_overrides() {
+        let s = stream();
+        let mut lb = LabelsBuilder::new(&s);
+        lb.add_extracted("level", "info");
+        lb.add_extracted("level", "debug");
+        assert_eq!(lb.get("level"), Some("info"));
+        lb.set("level", "warn".to_owned());
+        assert_eq!(lb.get("level"), Some("warn"));
+        lb.set("app", "y".to_owned());
+        assert_eq!(lb.get("app"), Some("y"));
+        let c = lb.categorized();
+        assert!(c.stream.iter().all(|(k, _)| k != "app"));
+        assert!(c.parsed.contains(&("app".to_owned(), "y".to_owned())));
+    }
+
+    #[test]
+    fn delete_hides_stream_labels_and_clears_errors() {
+        let s = stream();
+        let mut lb = LabelsBuilder::new(&s);
+        lb.set_error(JSON_PARSER_ERR, "bad");
+        lb.delete("cluster");
+        lb.delete(ERROR_LABEL);
+        assert_eq!(lb.get("cluster"), None);
+        assert!(!lb.has_error());
+        assert_eq!(lb.get(ERROR_DETAILS_LABEL), Some("bad"));
+        lb.reset(&[]);
+        assert_eq!(lb.get("cluster"), Some("c1"));
+        assert!(lb.is_unchanged());
+    }
+
+    #[test]
+    fn sanitizing_replaces_each_foreign_rune_and_prefixes_leading_digit() {
+        assert_eq!(sanitize_label_name(" a.b-c "), "a_b_c");
+        assert_eq!(sanitize_label_name("1st"), "_1st");
+        assert_eq!(sanitize_label_name("é"), "_");
+        assert_eq!(sanitize_label_name("   "), "");
+    }
+}

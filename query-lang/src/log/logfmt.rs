@@ -1,0 +1,288 @@
+//! The `logfmt` parser, with `--strict`, `--keep-empty` and extraction parameters.
+//!
+//! Owns reading `key=value` pairs (bare or double-quoted values with Go escapes) into
+//! labels. Non-strict parsing skips malformed pairs and never sets an error; `--strict`
+//! stops at the first malformed pair with `LogfmtParserErr`. Keys without `=` and empty
+//! values are dropped unless `--keep-empty`.
+
+use super::json::Wanted;
+use super::labels::{is_clean_label_name, sanitize_label_name, LabelsBuilder, LOGFMT_PARSER_ERR};
+
+/// `| logfmt [--strict] [--keep-empty] [label="key", ...]`.
+#[derive(Clone, Debug, Default)]
+pub struct LogfmtParser {
+    strict: bool,
+    keep_empty: bool,
+    // `(label, key)`: only these keys, renamed. Empty means every key.
+    params: Vec<(String, String)>,
+    pub(crate) wanted: Wanted,
+}
+
+enum Pair<'l> {
+    Kv(&'l str, std::borrow::Cow<'l, str>),
+    Malformed(usize, &'static str),
+}
+
+struct Scanner<'l> {
+    line: &'l str,
+    pos: usize,
+}
+
+impl<'l> Scanner<'l> {
+    fn skip_to_space(&mut self) {
+        let b = self.line.as_bytes();
+        while self.pos < b.len() && b[self.pos] > b' ' {
+            self.pos += 1;
+        }
+    }
+
+    fn next_pair(&mut self) -> Option<Pair<'l>> {
+        let b = self.line.as_bytes();
+        while self.pos < b.len() && b[self.pos] <= b' ' {
+            self.pos += 1;
+        }
+        if self.pos >= b.len() {
+            return None;
+        }
+        let start = self.pos;
+        while self.pos < b.len() && b[self.pos] > b' ' && b[self.pos] != b'=' && b[self.pos] != b'"'
+        {
+            self.pos += 1;
+        }
+        let key = self.line.get(start..self.pos).unwrap_or_default();
+        match b.get(self.pos) {
+            Some(b'"') => {
+                let at = self.pos;
+                self.skip_to_space();
+                return Some(Pair::Malformed(at, "unexpected '\"'"));
+            }
+            Some(b'=') if key.is_empty() => {
+                let at = self.pos;
+                self.skip_to_space();
+                return Some(Pair::Malformed(at, "unexpected '='"));
+            }
+            Some(b'=') => {}
+            _ => return Some(Pair::Kv(key, "".into())),
+        }
+        self.pos += 1;
+        if b.get(self.pos) == Some(&b'"') {
+            let open = self.pos;
+            let mut i = open + 1;
+            let mut escaped = false;
+            loop {
+                match b.get(i) {
+                    None => {
+                        self.pos = b.len();
+                        return Some(Pair::Malformed(open, "unterminated quoted value"));
+                    }
+                    Some(b'\\') => {
+                        escaped = true;
+                        i += 2;
+                    }
+                    Some(b'"') => break,
+                    Some(_) => i += 1,
+                }
+            }
+            self.pos = i + 1;
+            let inner = self.line.get(open + 1..i).unwrap_or_default();
+            let value = if escaped {
+                match unquote(inner) {
+                    Some(v) => v.into(),
+                    None => return Some(Pair::Malformed(open, "invalid quoted value")),
+                }
+            } else {
+                inner.into()
+            };
+            if b.get(self.pos).is_some_and(|c| *c > b' ') {
+                let at = self.pos;
+                self.skip_to_space();
+                return Some(Pair::Malformed(
+                    at,
+                    "unexpected character after quoted value",
+                ));
+            }
+            return Some(Pair::Kv(key, value));
+        }
+        let vstart = self.pos;
+        while self.pos < b.len() && b[self.pos] > b' ' {
+            if b[self.pos] == b'"' || b[self.pos] == b'=' {
+                let at = self.pos;
+                let what = if b[at] == b'"' {
+                    "unexpected '\"'"
+                } else {
+                    "unexpected '='"
+                };
+                self.skip_to_space();
+                return Some(Pair::Malformed(at, what));
+            }
+            self.pos += 1;
+        }
+        Some(Pair::Kv(
+            key,
+            self.line.get(vstart..self.pos).unwrap_or_default().into(),
+        ))
+    }
+}
+
+/// Go `strconv.Unquote` of a double-quoted body (the quotes already removed).
+fn unquote(inner: &str) -> Option<String> {
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let e = chars.next()?;
+        let ch = match e {
+            'n' => '\n',
+            't' => '\t',
+            'r' => '\r',
+            '\\' => '\\',
+            '"' => '"',
+            '\'' => '\'',
+            'a' => '\u{7}',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'v' => '\u{b}',
+            'x' => {
+                let h: String = chars.by_ref().take(2).collect();
+                char::from(u8::from_str_radix(&h, 16).ok()?)
+            }
+            'u' | 'U' => {
+                let n = if e == 'u' { 4 } else { 8 };
+                let h: String = chars.by_ref().take(n).collect();
+                char::from_u32(u32::from_str_radix(&h, 16).ok()?)?
+            }
+            _ => return None,
+        };
+        out.push(ch);
+    }
+    Some(out)
+}
+
+impl LogfmtParser {
+    /// Builds the parser; `params` are `(label, key)` pairs.
+    pub fn new(strict: bool, keep_empty: bool, params: Vec<(String, String)>) -> Self {
+        LogfmtParser {
+            strict,
+            keep_empty,
+            params,
+            wanted: Wanted::All,
+        }
+    }
+
+    /// Parses `line` into `lb`.
+    pub fn process(&self, line: &str, lb: &mut LabelsBuilder<'_>) {
+        if !self.params.is_empty() {
+            for (label, _) in &self.params {
+                lb.add_extracted(label, "");
+            }
+        }
+        let mut sc = Scanner { line, pos: 0 };
+        while let Some(pair) = sc.next_pair() {
+            match pair {
+                Pair::Malformed(pos, what) => {
+                    if self.strict {
+                        lb.set_error(
+                            LOGFMT_PARSER_ERR,
+                            format!("logfmt syntax error at pos {} : {what}", pos + 1),
+                        );
+                        return;
+                    }
+                }
+                Pair::Kv(key, value) => {
+                    if value.is_empty() && !self.keep_empty {
+                        continue;
+                    }
+                    if !self.params.is_empty() {
+                        if let Some((label, _)) = self.params.iter().find(|(_, k)| k == key) {
+                            lb.set(label, value.into_owned());
+                        }
+                        continue;
+                    }
+                    if is_clean_label_name(key) {
+                        if self.wanted.wants(key) {
+                            lb.add_extracted(key, &value);
+                        }
+                    } else {
+                        let name = sanitize_label_name(key);
+                        if !name.is_empty() && self.wanted.wants(&name) {
+                            lb.add_extracted(&name, &value);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::labels::{ERROR_LABEL, LOGFMT_PARSER_ERR};
+    use lode_push::LabelSet;
+
+    fn parse(p: &LogfmtParser, line: &str) -> Vec<(String, String)> {
+        let s = LabelSet::from_pairs([("app", "x")]).unwrap();
+        let mut lb = LabelsBuilder::new(&s);
+        p.process(line, &mut lb);
+        lb.labels()
+    }
+
+    fn has(labels: &[(String, String)], k: &str, v: &str) -> bool {
+        labels.contains(&(k.to_owned(), v.to_owned()))
+    }
+
+    #[test]
+    fn standalone_keys_and_empty_values_drop_unless_keep_empty() {
+        let line = r#"level=info msg="hi there" dangling empty="#;
+        let got = parse(&LogfmtParser::default(), line);
+        assert!(has(&got, "level", "info"));
+        assert!(has(&got, "msg", "hi there"));
+        assert!(!got.iter().any(|(k, _)| k == "dangling" || k == "empty"));
+        let got = parse(&LogfmtParser::new(false, true, vec![]), line);
+        assert!(has(&got, "dangling", ""));
+        assert!(has(&got, "empty", ""));
+    }
+
+    #[test]
+    fn malformed_pairs_are_skipped_unless_strict() {
+        let line = r#"a=1 =oops b="q\"x" c=2"#;
+        let got = parse(&LogfmtParser::default(), line);
+        assert!(has(&got, "a", "1"));
+        assert!(has(&got, "b", "q\"x"));
+        assert!(has(&got, "c", "2"));
+        assert!(!got.iter().any(|(k, _)| k == ERROR_LABEL));
+        let got = parse(&LogfmtParser::new(true, false, vec![]), line);
+        assert!(has(&got, "a", "1"));
+        assert!(has(&got, ERROR_LABEL, LOGFMT_PARSER_ERR));
+        assert!(!got.iter().any(|(k, _)| k == "c"));
+    }
+
+    #[test]
+    fn params_extract_only_named_keys_and_precreate_them_empty() {
+        let p = LogfmtParser::new(
+            false,
+            false,
+            vec![
+                ("host".to_owned(), "host".to_owned()),
+                ("fwd_ip".to_owned(), "fwd".to_owned()),
+                ("none".to_owned(), "none".to_owned()),
+            ],
+        );
+        let got = parse(&p, "host=h1 fwd=1.2.3.4 other=z");
+        assert!(has(&got, "host", "h1"));
+        assert!(has(&got, "fwd_ip", "1.2.3.4"));
+        assert!(has(&got, "none", ""));
+        assert!(!got.iter().any(|(k, _)| k == "other"));
+    }
+
+    #[test]
+    fn colliding_key_is_suffixed_and_odd_keys_sanitised() {
+        let got = parse(&LogfmtParser::default(), "app=y foo.bar=1");
+        assert!(has(&got, "app", "x"));
+        assert!(has(&got, "app_extracted", "y"));
+        assert!(has(&got, "foo_bar", "1"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Configuration: `lode serve`'s YAML file, embedded defaults and flag overrides.
+
+pub mod units;

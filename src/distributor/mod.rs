@@ -1,0 +1,1 @@
+//! Distributor: validates pushed streams per tenant before they reach the ingester.

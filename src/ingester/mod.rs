@@ -1,0 +1,1 @@
+//! Ingester: per-tenant, per-stream head blocks, chunk cutting and flushing.

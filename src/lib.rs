@@ -1,0 +1,21 @@
+//! Lode's server: a log aggregation and query service that speaks Loki's protocols.
+//!
+//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+
+pub mod api;
+pub mod chunk;
+pub mod clock;
+pub mod config;
+pub mod distributor;
+pub mod index;
+pub mod ingester;
+pub mod limits;
+pub mod metrics;
+pub mod querier;
+pub mod retention;
+pub mod ruler;
+pub mod storage;
+pub mod tenant;
+pub mod wal;
+
+pub use tenant::TenantId;

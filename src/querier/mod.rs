@@ -1,0 +1,1 @@
+//! Querier: plans and runs LogQL over heads and segments.

@@ -1,0 +1,1 @@
+//! Retention: the compactor loop that deletes expired data.

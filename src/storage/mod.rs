@@ -1,0 +1,502 @@
+//! Storage: immutable segment objects written and read through `object_store`, the catalog
+//! of segments per tenant, and the byte-bounded cache of decoded blocks.
+//!
+//! Owns `storage_config` (local filesystem by default, S3-compatible by configuration),
+//! object keys `<tenant>/<YYYY-MM-DD>/<segment id>.seg`, loading every footer into the
+//! [`Index`] on start, and ranged reads: a query fetches a footer once (at load) and then
+//! only the byte ranges of the blocks it needs. It does not own when segments are written
+//! (the ingester's flush) or deleted (retention); [`store::Store`] is the read API that
+//! merges segments with the ingester's heads.
+
+pub mod segment;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use lode_push::Entry;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk;
+use crate::clock::{Clock, Day};
+use crate::index::Index;
+use crate::tenant::TenantId;
+
+use segment::{BlockInfo, CopiedChunk, FlushChunk, Footer, SegmentId};
+
+/// Why a segment could not be written, listed or read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object store {action} {key}: {source}")]
+    ObjectStore {
+        action: &'static str,
+        key: String,
+        source: object_store::Error,
+    },
+    #[error("segment {key} is corrupt: {what}")]
+    CorruptSegment { key: String, what: String },
+    #[error(transparent)]
+    Chunk(#[from] chunk::Error),
+    #[error("segment footer: {0}")]
+    Wire(#[from] chunk::wire::WireError),
+    #[error("{0}")]
+    Config(String),
+    #[error("decode task failed: {0}")]
+    Task(String),
+}
+
+/// `storage_config.filesystem`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesystemConfig {
+    pub directory: PathBuf,
+}
+
+impl Default for FilesystemConfig {
+    fn default() -> Self {
+        FilesystemConfig {
+            directory: PathBuf::from("data/chunks"),
+        }
+    }
+}
+
+/// `storage_config.aws`: any S3-compatible store (AWS, MinIO, Ceph, moto).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    /// e.g. `http://minio:9000`; empty means AWS itself.
+    pub endpoint: String,
+    /// The bucket (Loki accepts a comma list; Lode uses exactly one).
+    pub bucketnames: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub region: String,
+    /// Path-style URLs (`endpoint/bucket/key`), which MinIO and moto need.
+    pub s3forcepathstyle: bool,
+    /// Allow plain http to the endpoint.
+    pub insecure: bool,
+}
+
+/// `storage_config`: where segments live and how much decoded data to cache.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub filesystem: FilesystemConfig,
+    /// When set, segments go to this bucket instead of `filesystem.directory`.
+    pub aws: Option<AwsConfig>,
+    /// Bound of the decoded-block LRU, in MiB.
+    pub block_cache_max_size_mb: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            filesystem: FilesystemConfig::default(),
+            aws: None,
+            block_cache_max_size_mb: 256,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(aws) = &self.aws {
+            if aws.bucketnames.is_empty() {
+                return Err(Error::Config(
+                    "storage_config.aws.bucketnames is empty: name the bucket segments go to"
+                        .into(),
+                ));
+            }
+            if aws.bucketnames.contains(',') {
+                return Err(Error::Config(format!(
+                    "storage_config.aws.bucketnames {:?} lists several buckets: Lode writes to exactly one",
+                    aws.bucketnames
+                )));
+            }
+        } else if self.filesystem.directory.as_os_str().is_empty() {
+            return Err(Error::Config(
+                "storage_config.filesystem.directory is empty: set a directory for segments".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the configured object store.
+    pub fn object_store(&self) -> Result<Arc<dyn ObjectStore>, Error> {
+        self.validate()?;
+        let err = |e: object_store::Error| Error::ObjectStore {
+            action: "configure",
+            key: String::new(),
+            source: e,
+        };
+        match &self.aws {
+            Some(aws) => {
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&aws.bucketnames)
+                    .with_virtual_hosted_style_request(!aws.s3forcepathstyle)
+                    .with_allow_http(aws.insecure);
+                if !aws.endpoint.is_empty() {
+                    b = b.with_endpoint(&aws.endpoint);
+                }
+                if !aws.region.is_empty() {
+                    b = b.with_region(&aws.region);
+                }
+                if !aws.access_key_id.is_empty() {
+                    b = b
+                        .with_access_key_id(&aws.access_key_id)
+                        .with_secret_access_key(&aws.secret_access_key);
+                }
+                Ok(Arc::new(b.build().map_err(err)?))
+            }
+            None => {
+                let dir = &self.filesystem.directory;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::Config(format!(
+                        "cannot create storage_config.filesystem.directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(err)?
+                    .with_automatic_cleanup(true);
+                Ok(Arc::new(fs))
+            }
+        }
+    }
+}
+
+/// A segment known to the catalog: where it is and what its footer says.
+#[derive(Debug)]
+pub struct SegmentMeta {
+    pub id: SegmentId,
+    pub path: ObjectPath,
+    pub size: u64,
+    pub footer: Footer,
+}
+
+/// The object key of a segment.
+pub fn segment_path(tenant: &TenantId, day: Day, id: SegmentId) -> ObjectPath {
+    ObjectPath::from(format!("{tenant}/{day}/{id}.seg"))
+}
+
+fn parse_key(path: &ObjectPath) -> Option<(TenantId, Day, SegmentId)> {
+    let mut parts = path.parts();
+    let tenant = TenantId::new(parts.next()?.as_ref()).ok()?;
+    let day = Day::parse(parts.next()?.as_ref())?;
+    let file = parts.next()?;
+    let id = SegmentId::parse(file.as_ref().strip_suffix(".seg")?)?;
+    parts.next().is_none().then_some((tenant, day, id))
+}
+
+/// Decoded blocks, least recently used first out once over the byte budget.
+/// A cached block: its entries and their decoded size in bytes.
+type CachedBlock = (Arc<Vec<Entry>>, usize);
+
+struct BlockCache {
+    lru: lru::LruCache<(SegmentId, u64), CachedBlock>,
+    bytes: usize,
+    budget: usize,
+}
+
+fn decoded_size(entries: &[Entry]) -> usize {
+    entries
+        .iter()
+        .map(|e| {
+            64 + e.line.len()
+                + e.structured_metadata
+                    .iter()
+                    .map(|(n, v)| 48 + n.len() + v.len())
+                    .sum::<usize>()
+        })
+        .sum()
+}
+
+/// Segments of every tenant, the index over them, and the block cache.
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    index: Arc<Index>,
+    clock: Arc<dyn Clock>,
+    segments: RwLock<HashMap<TenantId, BTreeMap<SegmentId, Arc<SegmentMeta>>>>,
+    cache: Mutex<BlockCache>,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage")
+            .field("store", &self.store.to_string())
+            .finish()
+    }
+}
+
+impl Storage {
+    /// Opens the configured store and loads every segment footer into the index.
+    pub async fn open(
+        config: &StorageConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Storage>, Error> {
+        let store = config.object_store()?;
+        Storage::with_object_store(store, config.block_cache_max_size_mb << 20, clock).await
+    }
+
+    /// Like [`Storage::open`] over an object store built elsewhere.
+    pub async fn with_object_store(
+        store: Arc<dyn ObjectStore>,
+        cache_bytes: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Storage>, Error> {
+        let storage = Arc::new(Storage {
+            store,
+            index: Arc::new(Index::new()),
+            clock,
+            segments: RwLock::new(HashMap::new()),
+            cache: Mutex::new(BlockCache {
+                lru: lru::LruCache::unbounded(),
+                bytes: 0,
+                budget: cache_bytes,
+            }),
+        });
+        storage.load().await?;
+        Ok(storage)
+    }
+
+    async fn load(&self) -> Result<(), Error> {
+        let listed: Vec<_> =
+            self.store
+                .list(None)
+                .try_collect()
+                .await
+                .map_err(|e| Error::ObjectStore {
+                    action: "list",
+                    key: String::new(),
+                    source: e,
+                })?;
+        let keyed: Vec<_> = listed
+            .into_iter()
+            .filter_map(|o| parse_key(&o.location).map(|k| (k, o)))
+            .collect();
+        let metas: Vec<SegmentMeta> = futures::stream::iter(keyed)
+            .map(|((_, _, id), o)| async move {
+                let footer = self.read_footer(&o.location, o.size).await?;
+                Ok::<_, Error>(SegmentMeta {
+                    id,
+                    path: o.location,
+                    size: o.size,
+                    footer,
+                })
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        let replaced: std::collections::HashSet<SegmentId> = metas
+            .iter()
+            .flat_map(|m| m.footer.replaces.iter().copied())
+            .collect();
+        for meta in metas {
+            if replaced.contains(&meta.id) {
+                // A retention rewrite finished but died before deleting what it replaced.
+                self.delete_object(&meta.path).await?;
+                continue;
+            }
+            self.register(Arc::new(meta));
+        }
+        Ok(())
+    }
+
+    async fn read_footer(&self, path: &ObjectPath, size: u64) -> Result<Footer, Error> {
+        let key = path.to_string();
+        let get = |range: std::ops::Range<u64>| {
+            let key = key.clone();
+            async move {
+                self.store
+                    .get_range(path, range)
+                    .await
+                    .map_err(|e| Error::ObjectStore {
+                        action: "read",
+                        key,
+                        source: e,
+                    })
+            }
+        };
+        // One request usually covers trailer and footer together.
+        let tail_len = size.min(64 << 10);
+        let tail = get(size - tail_len..size).await?;
+        let range = segment::footer_range(&tail, size, &key)?;
+        let trailer = tail.slice(tail.len() - segment::TRAILER_LEN..);
+        let footer = if range.start >= size - tail_len {
+            let from = (range.start - (size - tail_len)) as usize;
+            tail.slice(from..tail.len() - segment::TRAILER_LEN)
+        } else {
+            get(range).await?
+        };
+        segment::decode_footer(&footer, &trailer, size, &key)
+    }
+
+    fn register(&self, meta: Arc<SegmentMeta>) {
+        self.index.add_segment(&meta);
+        self.segments
+            .write()
+            .entry(meta.footer.tenant.clone())
+            .or_default()
+            .insert(meta.id, meta);
+    }
+
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// A tenant's segments, oldest first.
+    pub fn segments(&self, tenant: &TenantId) -> Vec<Arc<SegmentMeta>> {
+        self.segments
+            .read()
+            .get(tenant)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Tenants with at least one segment.
+    pub fn tenants(&self) -> Vec<TenantId> {
+        self.segments.read().keys().cloned().collect()
+    }
+
+    /// Encodes chunks of one tenant and day into a new segment, writes it, and makes it
+    /// visible to reads. `replaces` names segments this one supersedes (retention).
+    pub async fn write_segment(
+        &self,
+        tenant: &TenantId,
+        day: Day,
+        chunks: Vec<FlushChunk>,
+        copied: Vec<CopiedChunk>,
+        replaces: Vec<SegmentId>,
+    ) -> Result<Arc<SegmentMeta>, Error> {
+        let id = SegmentId::new(self.clock.now_ns());
+        let path = segment_path(tenant, day, id);
+        let t = tenant.clone();
+        let (bytes, footer) = tokio::task::spawn_blocking(move || {
+            segment::encode(&t, day, &chunks, &copied, &replaces)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?;
+        let size = bytes.len() as u64;
+        self.store
+            .put(&path, bytes.into())
+            .await
+            .map_err(|e| Error::ObjectStore {
+                action: "write",
+                key: path.to_string(),
+                source: e,
+            })?;
+        let meta = Arc::new(SegmentMeta {
+            id,
+            path,
+            size,
+            footer,
+        });
+        for old in &meta.footer.replaces {
+            self.forget(tenant, day, *old);
+        }
+        self.register(meta.clone());
+        Ok(meta)
+    }
+
+    /// Drops a segment from the catalog and index (reads stop seeing it at once).
+    pub fn forget(&self, tenant: &TenantId, day: Day, id: SegmentId) {
+        self.index.remove_segment(tenant, day, id);
+        if let Some(m) = self.segments.write().get_mut(tenant) {
+            m.remove(&id);
+        }
+    }
+
+    /// Deletes a segment object (after [`Storage::forget`]).
+    pub async fn delete_object(&self, path: &ObjectPath) -> Result<(), Error> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::ObjectStore {
+                action: "delete",
+                key: path.to_string(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Fetches raw bytes of a segment (chunk copies during rewrites).
+    pub async fn read_range(
+        &self,
+        meta: &SegmentMeta,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, Error> {
+        self.store
+            .get_range(&meta.path, range)
+            .await
+            .map_err(|e| Error::ObjectStore {
+                action: "read",
+                key: meta.path.to_string(),
+                source: e,
+            })
+    }
+
+    /// One block's entries in time order: from the cache, or fetched (its byte range only)
+    /// and decoded on the blocking pool.
+    pub async fn read_block(
+        &self,
+        meta: &SegmentMeta,
+        block: &BlockInfo,
+    ) -> Result<Arc<Vec<Entry>>, Error> {
+        let key = (meta.id, block.offset);
+        if let Some((entries, _)) = self.cache.lock().lru.get(&key) {
+            return Ok(entries.clone());
+        }
+        let bytes = self
+            .read_range(meta, block.offset..block.offset + u64::from(block.len))
+            .await?;
+        let (decoded_meta, entries) =
+            tokio::task::spawn_blocking(move || chunk::decode_block(&bytes))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+        if decoded_meta != block.meta {
+            return Err(Error::CorruptSegment {
+                key: meta.path.to_string(),
+                what: format!(
+                    "block at {} disagrees with the footer: {decoded_meta:?} vs {:?}",
+                    block.offset, block.meta
+                ),
+            });
+        }
+        let size = decoded_size(&entries);
+        let entries = Arc::new(entries);
+        let mut cache = self.cache.lock();
+        if size <= cache.budget {
+            if let Some((_, old)) = cache.lru.put(key, (entries.clone(), size)) {
+                cache.bytes -= old;
+            }
+            cache.bytes += size;
+            while cache.bytes > cache.budget {
+                match cache.lru.pop_lru() {
+                    Some((_, (_, s))) => cache.bytes -= s,
+                    None => break,
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Bytes currently held by the decoded-block cache.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.lock().bytes
+    }
+}
+
+/// Non-zero helper for configs that size things in items rather than bytes.
+pub fn non_zero(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
