@@ -25,12 +25,7 @@ fn bad(msg: impl Into<String>) -> ParamError {
     ParamError(msg.into())
 }
 
-/// Direction of a log query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Forward,
-    Backward,
-}
+pub use query_lang::eval::Direction;
 
 /// The request's parameters as a multimap, in the order received (query string, then form).
 #[derive(Clone, Debug, Default)]

@@ -1,0 +1,528 @@
+//! Loki's read API: `query`, `query_range`, `labels`, `label/<name>/values`, `series`,
+//! `index/stats`, `index/volume`, `index/volume_range`, `format_query`, `detected_labels`,
+//! `detected_fields`, and their legacy `/api/prom/*` spellings where clients still use them.
+//!
+//! Owns decoding query parameters (query string and POST form alike, through
+//! [`super::params`]), the response envelopes and the plain-text errors with Loki's status
+//! codes (reference: `http-api.md` §1, §4, §5). Running queries is the querier's job;
+//! serializing results is query-lang's (`QueryResult` writes Loki's `data` object).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use lode_push::LabelSet;
+use query_lang::eval::{QueryParams, QueryResult};
+use query_lang::{parse_expr, Expr, Matcher};
+use serde::Serialize;
+
+use super::params::{self, InstantQuery, ParamError, Params, RangeQuery};
+use crate::config::units::ConfigDuration;
+use crate::querier::{self, Querier};
+use crate::tenant::TenantId;
+
+/// The only flag of `X-Loki-Response-Encoding-Flags` that changes a response.
+const CATEGORIZE_LABELS: &str = "categorize-labels";
+
+/// What the read API needs.
+#[derive(Clone)]
+pub struct QueryApi {
+    pub querier: Arc<Querier>,
+    /// `auth_enabled`: when true every request must name its tenant in `X-Scope-OrgID`.
+    pub auth_enabled: bool,
+}
+
+/// The read routes, with their state applied.
+pub fn routes(api: QueryApi) -> Router {
+    Router::new()
+        .route("/loki/api/v1/query", get(instant_query).post(instant_query))
+        .route("/loki/api/v1/query_range", get(range_query).post(range_query))
+        .route("/loki/api/v1/labels", get(labels).post(labels))
+        .route("/loki/api/v1/label", get(labels).post(labels))
+        .route("/loki/api/v1/label/{name}/values", get(label_values).post(label_values))
+        .route("/loki/api/v1/series", get(series).post(series))
+        .route("/loki/api/v1/index/stats", get(index_stats).post(index_stats))
+        .route("/loki/api/v1/format_query", get(format_query).post(format_query))
+        .route("/loki/api/v1/detected_labels", get(detected_labels).post(detected_labels))
+        .route("/api/prom/label", get(labels).post(labels))
+        .route("/api/prom/label/{name}/values", get(label_values).post(label_values))
+        .route("/api/prom/series", get(series).post(series))
+        .with_state(Arc::new(api))
+}
+
+type ApiState = State<Arc<QueryApi>>;
+
+/// A failed read request: status and the plain-text message Loki would send.
+#[derive(Debug)]
+pub struct QueryError {
+    status: StatusCode,
+    message: String,
+}
+
+impl QueryError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        QueryError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ParamError> for QueryError {
+    fn from(e: ParamError) -> Self {
+        QueryError::bad_request(e.0)
+    }
+}
+
+impl From<querier::Error> for QueryError {
+    fn from(e: querier::Error) -> Self {
+        let status = match &e {
+            _ if e.is_client_error() => StatusCode::BAD_REQUEST,
+            querier::Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            // Loki's "client closed request"; only logged, the client is gone.
+            querier::Error::Cancelled => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        QueryError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, self.message).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        r
+    }
+}
+
+/// The tenant of a request: `X-Scope-OrgID` when auth is enabled (401 without it), else
+/// Loki's single tenant `fake`.
+pub fn tenant(headers: &HeaderMap, auth_enabled: bool) -> Result<TenantId, QueryError> {
+    if !auth_enabled {
+        return Ok(TenantId::default_tenant());
+    }
+    let unauthorized = |m: String| QueryError {
+        status: StatusCode::UNAUTHORIZED,
+        message: m,
+    };
+    let raw = headers
+        .get("X-Scope-OrgID")
+        .ok_or_else(|| unauthorized("no org id".to_string()))?;
+    let text = raw
+        .to_str()
+        .map_err(|_| unauthorized("X-Scope-OrgID is not valid text".to_string()))?;
+    TenantId::new(text.trim()).map_err(|e| unauthorized(e.to_string()))
+}
+
+/// Query string and, for POST, the form body, as one parameter list.
+fn request_params(
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<String>,
+    body: &Bytes,
+) -> Params {
+    let mut pairs: Vec<(String, String)> = query
+        .as_deref()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if method == Method::POST && is_form {
+        pairs.extend(form_urlencoded::parse(body).into_owned());
+    }
+    Params(pairs)
+}
+
+/// Everything a read handler receives, decoded once.
+struct Request {
+    tenant: TenantId,
+    params: Params,
+    headers: HeaderMap,
+}
+
+fn decode(
+    api: &QueryApi,
+    method: &Method,
+    headers: HeaderMap,
+    query: Option<String>,
+    body: &Bytes,
+) -> Result<Request, QueryError> {
+    Ok(Request {
+        tenant: tenant(&headers, api.auth_enabled)?,
+        params: request_params(method, &headers, query, body),
+        headers,
+    })
+}
+
+fn json_response<T: Serialize>(body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => json_bytes(bytes),
+        Err(e) => QueryError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("encoding the response failed: {e}"),
+        }
+        .into_response(),
+    }
+}
+
+fn json_bytes(bytes: Vec<u8>) -> Response {
+    let mut r = (StatusCode::OK, bytes).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    r
+}
+
+/// Flags of `X-Loki-Response-Encoding-Flags`, as sent (Loki echoes them all).
+fn encoding_flags(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("X-Loki-Response-Encoding-Flags")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn parse_query(text: &str) -> Result<Expr, QueryError> {
+    parse_expr(text).map_err(|e| QueryError::bad_request(e.to_string()))
+}
+
+/// The stream matchers of a selector parameter (`query`, `match[]`); a pipeline after
+/// the selector is allowed and ignored, as Loki does for metadata endpoints.
+fn selector_matchers(text: &str) -> Result<Vec<Matcher>, QueryError> {
+    match parse_query(text)? {
+        Expr::Log(sel) => Ok(sel.matchers),
+        Expr::Metric(_) => Err(QueryError::bad_request(format!(
+            "only stream selectors are accepted here, got a metric query: {text}"
+        ))),
+    }
+}
+
+fn optional_matchers(params: &Params) -> Result<Vec<Matcher>, QueryError> {
+    match params.get("query") {
+        Some(q) => selector_matchers(q),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn max_limit(api: &QueryApi, tenant: &TenantId) -> u32 {
+    api.querier.limits(tenant).max_entries_limit_per_query
+}
+
+/// Rejects a range longer than the tenant's `max_query_length`.
+fn check_length(api: &QueryApi, tenant: &TenantId, start: i64, end: i64) -> Result<(), QueryError> {
+    let limit = api.querier.limits(tenant).max_query_length;
+    if !limit.is_zero() && end.saturating_sub(start) > limit.as_nanos_i64() {
+        let length = ConfigDuration(std::time::Duration::from_nanos(
+            u64::try_from(end - start).unwrap_or(0),
+        ));
+        return Err(QueryError::bad_request(format!(
+            "the query time range exceeds the limit (query length: {length}, limit: {limit}); shorten the range or raise max_query_length"
+        )));
+    }
+    Ok(())
+}
+
+async fn instant_query(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    let q = InstantQuery::from_params(&req.params, params::now_ns(), max_limit(&api, &req.tenant))?;
+    let mut p = QueryParams::instant(q.time);
+    p.limit = q.limit as usize;
+    p.direction = q.direction;
+    run_query(&api, &req, &q.query, p).await
+}
+
+async fn range_query(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    let q = RangeQuery::from_params(&req.params, params::now_ns(), max_limit(&api, &req.tenant))?;
+    let mut p = QueryParams::range(q.start, q.end, q.step);
+    p.interval_ns = q.interval;
+    p.limit = q.limit as usize;
+    p.direction = q.direction;
+    run_query(&api, &req, &q.query, p).await
+}
+
+async fn run_query(
+    api: &QueryApi,
+    req: &Request,
+    text: &str,
+    mut p: QueryParams,
+) -> Result<Response, QueryError> {
+    let started = Instant::now();
+    let expr = parse_query(text)?;
+    let limits = api.querier.limits(&req.tenant);
+    if limits.max_query_series > 0 {
+        p.max_series = limits.max_query_series;
+    }
+    if !p.is_instant() {
+        check_length(api, &req.tenant, p.start_ns, p.end_ns)?;
+    }
+    let flags = encoding_flags(&req.headers);
+    p.categorize_labels = flags.iter().any(|f| f == CATEGORIZE_LABELS);
+    let (result, processed) = api.querier.query(&req.tenant, expr, p).await?;
+    let stats = Stats {
+        exec_seconds: started.elapsed().as_secs_f64(),
+        processed,
+        returned: returned_entries(&result),
+    };
+    Ok(json_bytes(envelope(&result, &stats)?))
+}
+
+fn returned_entries(result: &QueryResult) -> u64 {
+    match result {
+        QueryResult::Streams { streams, .. } => {
+            streams.iter().map(|s| s.entries.len() as u64).sum()
+        }
+        _ => 0,
+    }
+}
+
+/// `{"status":"success","data":{<query-lang's data object>,"stats":{...}}}`.
+fn envelope(result: &QueryResult, stats: &Stats) -> Result<Vec<u8>, QueryError> {
+    let internal = |e: serde_json::Error| QueryError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("encoding the response failed: {e}"),
+    };
+    let mut data = serde_json::to_vec(result).map_err(internal)?;
+    // The data object ends with its closing brace; the stats go in last, after `result`.
+    if data.pop() != Some(b'}') {
+        return Err(QueryError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "encoding the response failed: result is not an object".to_string(),
+        });
+    }
+    let mut out = Vec::with_capacity(data.len() + 512);
+    out.extend_from_slice(br#"{"status":"success","data":"#);
+    out.extend_from_slice(&data);
+    out.extend_from_slice(br#","stats":"#);
+    serde_json::to_writer(&mut out, &stats.json()).map_err(internal)?;
+    out.extend_from_slice(b"}}");
+    Ok(out)
+}
+
+/// What Grafana shows of a query's cost (`data.stats`).
+struct Stats {
+    exec_seconds: f64,
+    processed: querier::Processed,
+    returned: u64,
+}
+
+impl Stats {
+    fn json(&self) -> serde_json::Value {
+        let secs = self.exec_seconds.max(f64::MIN_POSITIVE);
+        let lines = self.processed.lines;
+        let bytes = self.processed.bytes;
+        serde_json::json!({
+            "summary": {
+                "bytesProcessedPerSecond": (bytes as f64 / secs) as u64,
+                "linesProcessedPerSecond": (lines as f64 / secs) as u64,
+                "totalBytesProcessed": bytes,
+                "totalLinesProcessed": lines,
+                "execTime": self.exec_seconds,
+                "queueTime": 0.0,
+                "subqueries": 0,
+                "totalEntriesReturned": self.returned,
+                "splits": 0,
+                "shards": 0,
+                "totalPostFilterLines": lines,
+                "totalStructuredMetadataBytesProcessed": 0,
+            },
+            "querier": {"store": {"totalChunksRef": 0, "totalChunksDownloaded": 0}},
+            "ingester": {"totalReached": 0, "totalChunksMatched": 0, "totalBatches": 0, "totalLinesSent": 0},
+        })
+    }
+}
+
+/// `{"status":"success","data":[...]}`, or without `data` when empty (as Loki writes it).
+fn string_list(values: Vec<String>) -> Response {
+    if values.is_empty() {
+        return json_response(&serde_json::json!({"status": "success"}));
+    }
+    json_response(&serde_json::json!({"status": "success", "data": values}))
+}
+
+async fn labels(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    let range = params::time_range(&req.params, params::now_ns())?;
+    let matchers = optional_matchers(&req.params)?;
+    let start = range.start.max(api.querier.cutoff_ns(&req.tenant));
+    let names = api.querier.storage().index().label_names(
+        &req.tenant,
+        &matchers,
+        start,
+        range.end.saturating_add(1),
+    );
+    Ok(string_list(names))
+}
+
+async fn label_values(
+    State(api): ApiState,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    let range = params::time_range(&req.params, params::now_ns())?;
+    let matchers = optional_matchers(&req.params)?;
+    let start = range.start.max(api.querier.cutoff_ns(&req.tenant));
+    let values = api.querier.storage().index().label_values(
+        &req.tenant,
+        &name,
+        &matchers,
+        start,
+        range.end.saturating_add(1),
+    );
+    Ok(string_list(values))
+}
+
+/// The union of streams matched by each `match[]` (Grafana) or `match` (logcli); none,
+/// or a lone `{}`, means every stream.
+async fn series(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    let range = params::time_range(&req.params, params::now_ns())?;
+    let selectors: Vec<&str> = req
+        .params
+        .all("match[]")
+        .chain(req.params.all("match"))
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    let end = range.end.saturating_add(1);
+    let mut found: Vec<LabelSet> = Vec::new();
+    if selectors.iter().all(|s| s.trim() == "{}") {
+        found = api.querier.series(&req.tenant, &[], range.start, end);
+    } else {
+        for s in selectors {
+            let matchers = selector_matchers(s)?;
+            found.extend(api.querier.series(&req.tenant, &matchers, range.start, end));
+        }
+    }
+    found.sort();
+    found.dedup();
+    let data: Vec<serde_json::Map<String, serde_json::Value>> = found
+        .iter()
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+                .collect()
+        })
+        .collect();
+    Ok(json_response(
+        &serde_json::json!({"status": "success", "data": data}),
+    ))
+}
+
+async fn index_stats(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    let range = params::time_range(&req.params, params::now_ns())?;
+    let matchers = match req.params.get("query") {
+        Some(q) => selector_matchers(q)?,
+        None => return Err(QueryError::bad_request("query parameter is required: send query=<stream selector>")),
+    };
+    let stats = api
+        .querier
+        .stats(&req.tenant, &matchers, range.start, range.end.saturating_add(1));
+    Ok(json_response(&stats))
+}
+
+/// The query in its canonical form: `{"status":"success","data":"<query>"}`.
+async fn format_query(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    let text = req
+        .params
+        .get("query")
+        .ok_or_else(|| QueryError::bad_request("query parameter is required: send query=<LogQL>"))?;
+    let expr = parse_query(text)?;
+    Ok(json_response(
+        &serde_json::json!({"status": "success", "data": expr.to_string()}),
+    ))
+}
+
+/// Indexed labels of the selected streams with their value counts, so Grafana's newest
+/// editor can offer them.
+async fn detected_labels(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    let range = params::time_range(&req.params, params::now_ns())?;
+    let matchers = optional_matchers(&req.params)?;
+    let streams = api
+        .querier
+        .series(&req.tenant, &matchers, range.start, range.end.saturating_add(1));
+    let mut values: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+        Default::default();
+    for labels in &streams {
+        for (k, v) in labels.iter() {
+            values.entry(k).or_default().insert(v);
+        }
+    }
+    let detected: Vec<serde_json::Value> = values
+        .iter()
+        .map(|(label, v)| serde_json::json!({"label": label, "cardinality": v.len()}))
+        .collect();
+    Ok(json_response(&serde_json::json!({"detectedLabels": detected})))
+}
