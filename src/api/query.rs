@@ -41,16 +41,34 @@ pub struct QueryApi {
 pub fn routes(api: QueryApi) -> Router {
     Router::new()
         .route("/loki/api/v1/query", get(instant_query).post(instant_query))
-        .route("/loki/api/v1/query_range", get(range_query).post(range_query))
+        .route(
+            "/loki/api/v1/query_range",
+            get(range_query).post(range_query),
+        )
         .route("/loki/api/v1/labels", get(labels).post(labels))
         .route("/loki/api/v1/label", get(labels).post(labels))
-        .route("/loki/api/v1/label/{name}/values", get(label_values).post(label_values))
+        .route(
+            "/loki/api/v1/label/{name}/values",
+            get(label_values).post(label_values),
+        )
         .route("/loki/api/v1/series", get(series).post(series))
-        .route("/loki/api/v1/index/stats", get(index_stats).post(index_stats))
-        .route("/loki/api/v1/format_query", get(format_query).post(format_query))
-        .route("/loki/api/v1/detected_labels", get(detected_labels).post(detected_labels))
+        .route(
+            "/loki/api/v1/index/stats",
+            get(index_stats).post(index_stats),
+        )
+        .route(
+            "/loki/api/v1/format_query",
+            get(format_query).post(format_query),
+        )
+        .route(
+            "/loki/api/v1/detected_labels",
+            get(detected_labels).post(detected_labels),
+        )
         .route("/api/prom/label", get(labels).post(labels))
-        .route("/api/prom/label/{name}/values", get(label_values).post(label_values))
+        .route(
+            "/api/prom/label/{name}/values",
+            get(label_values).post(label_values),
+        )
         .route("/api/prom/series", get(series).post(series))
         .with_state(Arc::new(api))
 }
@@ -471,11 +489,18 @@ async fn index_stats(
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = match req.params.get("query") {
         Some(q) => selector_matchers(q)?,
-        None => return Err(QueryError::bad_request("query parameter is required: send query=<stream selector>")),
+        None => {
+            return Err(QueryError::bad_request(
+                "query parameter is required: send query=<stream selector>",
+            ))
+        }
     };
-    let stats = api
-        .querier
-        .stats(&req.tenant, &matchers, range.start, range.end.saturating_add(1));
+    let stats = api.querier.stats(
+        &req.tenant,
+        &matchers,
+        range.start,
+        range.end.saturating_add(1),
+    );
     Ok(json_response(&stats))
 }
 
@@ -488,10 +513,9 @@ async fn format_query(
     body: Bytes,
 ) -> Result<Response, QueryError> {
     let req = decode(&api, &method, headers, query, &body)?;
-    let text = req
-        .params
-        .get("query")
-        .ok_or_else(|| QueryError::bad_request("query parameter is required: send query=<LogQL>"))?;
+    let text = req.params.get("query").ok_or_else(|| {
+        QueryError::bad_request("query parameter is required: send query=<LogQL>")
+    })?;
     let expr = parse_query(text)?;
     Ok(json_response(
         &serde_json::json!({"status": "success", "data": expr.to_string()}),
@@ -510,9 +534,12 @@ async fn detected_labels(
     let req = decode(&api, &method, headers, query, &body)?;
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = optional_matchers(&req.params)?;
-    let streams = api
-        .querier
-        .series(&req.tenant, &matchers, range.start, range.end.saturating_add(1));
+    let streams = api.querier.series(
+        &req.tenant,
+        &matchers,
+        range.start,
+        range.end.saturating_add(1),
+    );
     let mut values: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
         Default::default();
     for labels in &streams {
@@ -524,5 +551,7 @@ async fn detected_labels(
         .iter()
         .map(|(label, v)| serde_json::json!({"label": label, "cardinality": v.len()}))
         .collect();
-    Ok(json_response(&serde_json::json!({"detectedLabels": detected})))
+    Ok(json_response(
+        &serde_json::json!({"detectedLabels": detected}),
+    ))
 }

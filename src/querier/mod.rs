@@ -240,7 +240,8 @@ struct Counters {
 
 impl Counters {
     fn add(&self, entries: &[Entry]) {
-        self.lines.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.lines
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         let bytes: usize = entries.iter().map(|e| e.line.len()).sum();
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
