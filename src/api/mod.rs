@@ -4,3 +4,4 @@
 
 pub mod params;
 pub mod query;
+pub mod tail;

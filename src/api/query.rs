@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::params::{self, InstantQuery, ParamError, Params, RangeQuery};
 use crate::config::units::ConfigDuration;
+use crate::ingester::Ingester;
 use crate::querier::{self, Querier};
 use crate::tenant::TenantId;
 
@@ -35,6 +36,8 @@ pub struct QueryApi {
     pub querier: Arc<Querier>,
     /// `auth_enabled`: when true every request must name its tenant in `X-Scope-OrgID`.
     pub auth_enabled: bool,
+    /// Live pushes for `/loki/api/v1/tail`.
+    pub live: Arc<Ingester>,
 }
 
 /// The read routes, with their state applied.
@@ -64,6 +67,8 @@ pub fn routes(api: QueryApi) -> Router {
             "/loki/api/v1/detected_labels",
             get(detected_labels).post(detected_labels),
         )
+        .route("/loki/api/v1/tail", get(super::tail::tail))
+        .route("/api/prom/tail", get(super::tail::tail))
         .route("/api/prom/label", get(labels).post(labels))
         .route(
             "/api/prom/label/{name}/values",
@@ -83,7 +88,7 @@ pub struct QueryError {
 }
 
 impl QueryError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(super) fn bad_request(message: impl Into<String>) -> Self {
         QueryError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -171,13 +176,13 @@ fn request_params(
 }
 
 /// Everything a read handler receives, decoded once.
-struct Request {
-    tenant: TenantId,
-    params: Params,
-    headers: HeaderMap,
+pub(super) struct Request {
+    pub(super) tenant: TenantId,
+    pub(super) params: Params,
+    pub(super) headers: HeaderMap,
 }
 
-fn decode(
+pub(super) fn decode(
     api: &QueryApi,
     method: &Method,
     headers: HeaderMap,
@@ -212,7 +217,7 @@ fn json_bytes(bytes: Vec<u8>) -> Response {
 }
 
 /// Flags of `X-Loki-Response-Encoding-Flags`, as sent (Loki echoes them all).
-fn encoding_flags(headers: &HeaderMap) -> Vec<String> {
+pub(super) fn encoding_flags(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all("X-Loki-Response-Encoding-Flags")
         .iter()
@@ -223,7 +228,7 @@ fn encoding_flags(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-fn parse_query(text: &str) -> Result<Expr, QueryError> {
+pub(super) fn parse_query(text: &str) -> Result<Expr, QueryError> {
     parse_expr(text).map_err(|e| QueryError::bad_request(e.to_string()))
 }
 

@@ -45,6 +45,18 @@ pub trait HeadReader: Send + Sync {
     ) -> Vec<Entry>;
 }
 
+impl HeadReader for crate::ingester::Ingester {
+    fn head_entries(
+        &self,
+        tenant: &TenantId,
+        labels: &LabelSet,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Vec<Entry> {
+        crate::ingester::Ingester::head_entries(self, tenant, labels, start_ns, end_ns)
+    }
+}
+
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
