@@ -59,6 +59,11 @@ pub fn routes(api: QueryApi) -> Router {
             "/loki/api/v1/index/stats",
             get(index_stats).post(index_stats),
         )
+        .route("/loki/api/v1/index/volume", get(volume).post(volume))
+        .route(
+            "/loki/api/v1/index/volume_range",
+            get(volume_range).post(volume_range),
+        )
         .route(
             "/loki/api/v1/format_query",
             get(format_query).post(format_query),
@@ -559,4 +564,167 @@ async fn detected_labels(
     Ok(json_response(
         &serde_json::json!({"detectedLabels": detected}),
     ))
+}
+
+async fn volume(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    volume_response(&api, &req, false)
+}
+
+async fn volume_range(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, QueryError> {
+    let req = decode(&api, &method, headers, query, &body)?;
+    volume_response(&api, &req, true)
+}
+
+/// Loki's JSON number for a sample time: seconds with millisecond precision.
+fn seconds(ns: i64) -> serde_json::Value {
+    let ms = ns.div_euclid(1_000_000);
+    if ms % 1000 == 0 {
+        serde_json::Value::from(ms / 1000)
+    } else {
+        serde_json::Value::from(ms as f64 / 1000.0)
+    }
+}
+
+/// `index/volume` (a vector at `end`) and `index/volume_range` (a matrix over steps):
+/// line bytes grouped by `targetLabels`, or by the selector's label names, per series or
+/// (`aggregateBy=labels`) per label name.
+fn volume_response(api: &QueryApi, req: &Request, ranged: bool) -> Result<Response, QueryError> {
+    use std::collections::BTreeMap;
+
+    let range = params::time_range(&req.params, params::now_ns())?;
+    let text = req.params.get("query").ok_or_else(|| {
+        QueryError::bad_request("query parameter is required: send query=<stream selector>")
+    })?;
+    let matchers = selector_matchers(text)?;
+    let limit = match req.params.get("limit") {
+        None => 100,
+        Some(s) => match s.parse::<usize>() {
+            Ok(0) => 100,
+            Ok(n) => n,
+            Err(_) => {
+                return Err(QueryError::bad_request(format!(
+                    "invalid limit {s:?}: expected a non-negative integer"
+                )))
+            }
+        },
+    };
+    let targets: Vec<&str> = req
+        .params
+        .get("targetLabels")
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let by_labels = match req.params.get("aggregateBy") {
+        None | Some("series") => false,
+        Some("labels") => true,
+        Some(other) => {
+            return Err(QueryError::bad_request(format!(
+                "invalid aggregateBy {other:?}: use \"series\" or \"labels\""
+            )))
+        }
+    };
+    let names: Vec<&str> = if targets.is_empty() {
+        matchers.iter().map(|m| m.name.as_str()).collect()
+    } else {
+        targets
+    };
+    let step = match req.params.get("step") {
+        Some(s) if ranged => params::parse_seconds_or_duration(s)?,
+        _ => params::default_step(range.start, range.end),
+    };
+    if step <= 0 {
+        return Err(QueryError::bad_request(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
+    }
+    let end = range.end.saturating_add(1);
+    type Key = Vec<(String, String)>;
+    let mut groups: BTreeMap<Key, BTreeMap<i64, u64>> = BTreeMap::new();
+    for (labels, pieces) in api.querier.volume(&req.tenant, &matchers, range.start, end) {
+        let present = names.iter().filter_map(|n| labels.get(n).map(|v| (*n, v)));
+        let keys: Vec<Key> = if by_labels {
+            present
+                .map(|(n, _)| vec![(n.to_string(), String::new())])
+                .collect()
+        } else {
+            vec![present
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()]
+        };
+        for key in keys {
+            let buckets = groups.entry(key).or_default();
+            for &(ts, bytes) in &pieces {
+                // A sample at t counts what lies in (t - step, t], as metric queries do.
+                let t = if ranged {
+                    let k = (ts - range.start + step - 1).div_euclid(step);
+                    (range.start + k * step).min(range.end)
+                } else {
+                    range.end
+                };
+                *buckets.entry(t).or_default() += bytes;
+            }
+        }
+    }
+    let mut series: Vec<(Key, BTreeMap<i64, u64>, u64)> = groups
+        .into_iter()
+        .map(|(k, b)| {
+            let total = b.values().sum();
+            (k, b, total)
+        })
+        .collect();
+    series.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    series.truncate(limit);
+    let metric = |k: &Key| -> serde_json::Map<String, serde_json::Value> {
+        k.iter()
+            .map(|(n, v)| (n.clone(), v.clone().into()))
+            .collect()
+    };
+    let all_single = series.iter().all(|(_, b, _)| b.len() == 1);
+    let (result_type, result): (&str, Vec<serde_json::Value>) = if !ranged || all_single {
+        (
+            "vector",
+            series
+                .iter()
+                .map(|(k, b, total)| {
+                    let t = b.keys().next().copied().unwrap_or(range.end);
+                    serde_json::json!({"metric": metric(k), "value": [seconds(t), total.to_string()]})
+                })
+                .collect(),
+        )
+    } else {
+        (
+            "matrix",
+            series
+                .iter()
+                .map(|(k, b, _)| {
+                    let values: Vec<serde_json::Value> = b
+                        .iter()
+                        .map(|(t, v)| serde_json::json!([seconds(*t), v.to_string()]))
+                        .collect();
+                    serde_json::json!({"metric": metric(k), "values": values})
+                })
+                .collect(),
+        )
+    };
+    Ok(json_response(&serde_json::json!({
+        "status": "success",
+        "data": {"resultType": result_type, "result": result},
+    })))
 }

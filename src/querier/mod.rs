@@ -228,6 +228,43 @@ impl Querier {
     }
 }
 
+impl Querier {
+    /// Line bytes of each matching stream in `[start, end)`, as `(timestamp, bytes)`
+    /// pieces: one per stored block (at its first entry, counted whole when it overlaps
+    /// the range, as Loki's index estimates do) and one per head entry.
+    pub fn volume(
+        &self,
+        tenant: &TenantId,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Vec<(LabelSet, Vec<(i64, u64)>)> {
+        let start = start_ns.max(self.cutoff_ns(tenant));
+        let index = self.storage.index();
+        let mut out = Vec::new();
+        for s in index.streams(tenant, matchers, start, end_ns) {
+            let mut pieces = Vec::new();
+            for c in index.segment_chunks(tenant, s.id, start, end_ns) {
+                let Some(info) = c.info() else { continue };
+                for b in info
+                    .blocks
+                    .iter()
+                    .filter(|b| b.meta.overlaps(start, end_ns))
+                {
+                    pieces.push((b.meta.min_ts.max(start), b.meta.raw_bytes));
+                }
+            }
+            for e in self.heads.head_entries(tenant, &s.labels, start, end_ns) {
+                pieces.push((e.timestamp_ns, e.line.len() as u64));
+            }
+            if !pieces.is_empty() {
+                out.push((s.labels, pieces));
+            }
+        }
+        out
+    }
+}
+
 /// `/loki/api/v1/index/stats`'s answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IndexStats {
