@@ -1,37 +1,75 @@
-//! Ingester: per-tenant, per-stream head blocks, chunk cutting and flushing.
+//! Ingester: per-tenant, per-stream head blocks, block cutting, chunk closing and flushing.
 //!
-//! PLACEHOLDER on the `server` branch only: the agreed interface with an in-memory body so
-//! the server compiles and its tests run before the `ingest` branch lands. The real module
-//! (branch `ingest`) replaces this file wholesale at merge. It has no WAL and never
-//! flushes; do not build on its behaviour.
+//! Owns the write path after validation: the out-of-order window and exact-duplicate
+//! checks, the WAL append that makes a push durable before it is acknowledged, head blocks
+//! (cut into sealed zstd blocks at `chunk_block_size`), chunks (closed at
+//! `chunk_target_size`, `max_chunk_age` or `chunk_idle_period`), the flush of closed chunks
+//! into one segment per tenant and UTC day, and the WAL checkpoint after a flush. It also
+//! replays the WAL into heads on start and broadcasts accepted entries to live tails.
+//!
+//! It does not own validation of labels, line sizes or rates (the distributor), the WAL and
+//! chunk byte formats (`wal`, `chunk`), where segments live (`storage`) or how reads merge
+//! heads with segments (`storage::store`).
+//!
+//! Heads are keyed tenant → stream → UTC day, so a chunk (and so a segment) never spans
+//! midnight. A stream's entries of one day live in one open chunk (sealed blocks plus the
+//! open head block) and any closed chunks waiting for the flush loop.
+//!
+//! Exactly once across `kill -9`: a push is in the WAL before it is acknowledged; replay
+//! puts every record back into heads, dropping entries that an already-written segment of
+//! the same stream holds (the process may die after writing a segment and before the WAL
+//! checkpoint that forgets its records) and exact duplicates, so nothing acknowledged is
+//! lost and nothing is returned twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use lode_push::{Entry, LabelSet};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
+use crate::chunk::{self, SealedBlock, ZSTD_LEVEL};
+use crate::clock::{Clock, Day};
+use crate::metrics::{DiscardReason, Metrics};
+use crate::storage::segment::FlushChunk;
 use crate::storage::Storage;
 use crate::tenant::TenantId;
+use crate::wal::{self, SegmentNo, Wal};
 
-/// `ingester:` section of the YAML config.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Largest `chunk_block_size` accepted; the chunk decoder refuses blocks much larger.
+pub const MAX_BLOCK_SIZE: usize = 16 << 20;
+
+/// Live pushes buffered per tail subscriber before it starts missing some.
+const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// Discard reason of entries older than the out-of-order window allows.
+pub const REASON_TOO_FAR_BEHIND: &str = "too_far_behind";
+
+/// `ingester:` section of the YAML config (Loki key names).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct IngesterConfig {
+    /// A chunk closes once its sealed blocks reach this many compressed bytes.
     pub chunk_target_size: usize,
+    /// A head block is cut into a sealed block once its raw entries reach this many bytes.
     pub chunk_block_size: usize,
+    /// A chunk closes this long after its first entry arrived.
     #[serde(with = "humantime_serde")]
     pub max_chunk_age: Duration,
+    /// A chunk closes once no entry arrived for this long.
     #[serde(with = "humantime_serde")]
     pub chunk_idle_period: Duration,
+    /// How often the flush loop looks for chunks to close and flush.
     #[serde(with = "humantime_serde")]
     pub flush_check_period: Duration,
+    /// How far behind a stream's newest entry an entry may be and still be accepted.
     #[serde(with = "humantime_serde")]
     pub out_of_order_time_window: Duration,
-    pub wal: crate::wal::WalConfig,
+    pub wal: wal::WalConfig,
 }
 
 impl Default for IngesterConfig {
@@ -39,132 +77,487 @@ impl Default for IngesterConfig {
         IngesterConfig {
             chunk_target_size: 1_572_864,
             chunk_block_size: 262_144,
-            max_chunk_age: Duration::from_secs(7200),
-            chunk_idle_period: Duration::from_secs(1800),
+            max_chunk_age: Duration::from_secs(2 * 3600),
+            chunk_idle_period: Duration::from_secs(30 * 60),
             flush_check_period: Duration::from_secs(30),
             out_of_order_time_window: Duration::from_secs(3600),
-            wal: crate::wal::WalConfig::default(),
+            wal: wal::WalConfig::default(),
         }
     }
 }
 
 impl IngesterConfig {
+    /// Explains the first bad value and the key that sets it.
     pub fn validate(&self) -> Result<(), Error> {
-        self.wal
-            .validate()
-            .map_err(|e| Error::Config(e.to_string()))
+        if self.chunk_block_size == 0 || self.chunk_block_size > MAX_BLOCK_SIZE {
+            return Err(Error::Config(format!(
+                "ingester.chunk_block_size {} is out of range: use 1 to {MAX_BLOCK_SIZE} bytes (default 262144)",
+                self.chunk_block_size
+            )));
+        }
+        if self.chunk_target_size == 0 {
+            return Err(Error::Config(
+                "ingester.chunk_target_size is 0: use a positive size in bytes such as 1572864"
+                    .into(),
+            ));
+        }
+        for (key, d) in [
+            ("max_chunk_age", self.max_chunk_age),
+            ("chunk_idle_period", self.chunk_idle_period),
+            ("flush_check_period", self.flush_check_period),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!(
+                    "ingester.{key} is 0s: use a positive duration such as 30s"
+                )));
+            }
+        }
+        self.wal.validate()?;
+        Ok(())
     }
 }
 
+/// Why a push could not be made durable or a flush could not be written. The server
+/// answers these with 500: the client should retry.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(transparent)]
+    Wal(#[from] wal::Error),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
     #[error("{0}")]
     Config(String),
 }
 
-#[derive(Debug)]
+/// The entries one push accepted for one stream, as live tails see them.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pushed {
     pub tenant: TenantId,
     pub labels: LabelSet,
     pub entries: Vec<Entry>,
 }
 
-#[derive(Debug, Default)]
+/// What a push stored and what it refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PushOutcome {
     pub accepted_entries: usize,
+    /// Line bytes of the accepted entries.
     pub accepted_bytes: usize,
     pub rejected: Vec<Rejected>,
 }
 
-#[derive(Debug)]
+/// Entries of one stream refused for one reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejected {
     pub labels: LabelSet,
     pub entries: usize,
+    /// Line bytes of the refused entries.
     pub bytes: usize,
+    /// Stable snake_case discard reason, e.g. `too_far_behind`.
     pub reason: &'static str,
+    /// Loki's message for the first refused entry.
     pub message: String,
 }
 
+/// A chunk of one stream and day being filled or waiting for the flush loop.
+struct Chunk {
+    /// Unique per process, so a flush can find the chunks it wrote.
+    id: u64,
+    blocks: Vec<SealedBlock>,
+    /// Compressed bytes of `blocks`.
+    sealed_bytes: usize,
+    head: Vec<Entry>,
+    /// Raw bytes of `head`, as `chunk_block_size` counts them.
+    head_bytes: usize,
+    /// Dedup hashes of every entry in the chunk, removed from the day's set on flush.
+    hashes: Vec<u64>,
+    created_ns: i64,
+    last_append_ns: i64,
+    /// Oldest WAL segment holding one of this chunk's entries.
+    min_wal: Option<SegmentNo>,
+}
+
+impl Chunk {
+    fn new(id: u64, now_ns: i64) -> Chunk {
+        Chunk {
+            id,
+            blocks: Vec::new(),
+            sealed_bytes: 0,
+            head: Vec::new(),
+            head_bytes: 0,
+            hashes: Vec::new(),
+            created_ns: now_ns,
+            last_append_ns: now_ns,
+            min_wal: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.head.is_empty()
+    }
+
+    /// Seals the open head block into a block.
+    fn cut(&mut self) -> Result<(), chunk::Error> {
+        if self.head.is_empty() {
+            return Ok(());
+        }
+        let block = SealedBlock::seal(std::mem::take(&mut self.head), ZSTD_LEVEL)?;
+        self.sealed_bytes += block.bytes.len();
+        self.blocks.push(block);
+        self.head_bytes = 0;
+        Ok(())
+    }
+}
+
+/// A stream's unflushed entries of one UTC day.
+struct DayHead {
+    open: Chunk,
+    closed: Vec<Chunk>,
+    /// Dedup hashes of every unflushed entry of the day, and of entries reserved by pushes
+    /// whose WAL append is still in flight.
+    seen: HashSet<u64>,
+}
+
+impl DayHead {
+    fn new() -> DayHead {
+        DayHead {
+            open: Chunk::new(0, 0),
+            closed: Vec::new(),
+            seen: HashSet::new(),
+        }
+    }
+}
+
+/// One stream of one tenant.
+struct StreamHead {
+    /// Newest timestamp accepted; the out-of-order window trails it.
+    newest_ts: i64,
+    days: BTreeMap<Day, DayHead>,
+}
+
+impl StreamHead {
+    fn new() -> StreamHead {
+        StreamHead {
+            newest_ts: i64::MIN,
+            days: BTreeMap::new(),
+        }
+    }
+}
+
+/// Every tenant's heads; one lock, held only for in-memory work (never across an await).
+#[derive(Default)]
+struct Heads {
+    tenants: HashMap<TenantId, HashMap<LabelSet, StreamHead>>,
+    next_chunk_id: u64,
+}
+
+impl Heads {
+    /// Appends entries (already checked) to the open chunk of their day, cutting blocks and
+    /// closing chunks by size.
+    fn append(
+        &mut self,
+        cfg: &IngesterConfig,
+        tenant: &TenantId,
+        labels: &LabelSet,
+        entries: &[Entry],
+        wal_segment: SegmentNo,
+        now_ns: i64,
+    ) {
+        let Heads {
+            tenants,
+            next_chunk_id,
+        } = self;
+        let stream = tenants
+            .entry(tenant.clone())
+            .or_default()
+            .entry(labels.clone())
+            .or_insert_with(StreamHead::new);
+        for e in entries {
+            stream.newest_ts = stream.newest_ts.max(e.timestamp_ns);
+            let day = stream
+                .days
+                .entry(Day::of_ns(e.timestamp_ns))
+                .or_insert_with(DayHead::new);
+            let c = &mut day.open;
+            if c.is_empty() {
+                // A chunk's age counts from its first entry.
+                *next_chunk_id += 1;
+                c.id = *next_chunk_id;
+                c.created_ns = now_ns;
+            }
+            let h = entry_hash(e);
+            day.seen.insert(h);
+            c.hashes.push(h);
+            c.head_bytes += e.line.len();
+            c.head.push(e.clone());
+            c.last_append_ns = now_ns;
+            c.min_wal = Some(c.min_wal.map_or(wal_segment, |m| m.min(wal_segment)));
+            if c.head_bytes >= cfg.chunk_block_size {
+                if let Err(err) = c.cut() {
+                    // Only an entry set over the block size limit fails; keep it in the
+                    // head block, where reads still find it.
+                    tracing::error!(%tenant, %labels, error = %err, "cannot cut head block");
+                }
+                if c.sealed_bytes >= cfg.chunk_target_size {
+                    let full = std::mem::replace(&mut day.open, Chunk::new(0, now_ns));
+                    day.closed.push(full);
+                }
+            }
+        }
+    }
+}
+
+/// The dedup key of an entry: its timestamp and line.
+fn entry_hash(e: &Entry) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    e.timestamp_ns.hash(&mut h);
+    e.line.hash(&mut h);
+    h.finish()
+}
+
+fn rfc3339(ts_ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Closed chunks of one tenant and day picked for one segment.
+struct FlushBatch {
+    tenant: TenantId,
+    day: Day,
+    chunks: Vec<(LabelSet, u64, FlushChunk)>,
+}
+
+/// The ingester: heads of every tenant behind the WAL.
 pub struct Ingester {
     cfg: IngesterConfig,
-    heads: Mutex<HashMap<(TenantId, LabelSet), Vec<Entry>>>,
-    tx: tokio::sync::broadcast::Sender<Arc<Pushed>>,
+    wal: Wal,
+    storage: Arc<Storage>,
+    clock: Arc<dyn Clock>,
+    heads: Mutex<Heads>,
+    /// Pushes hold it shared from WAL append to head append; a WAL checkpoint holds it
+    /// exclusively, so no appended-but-not-yet-in-heads record is forgotten.
+    gate: tokio::sync::RwLock<()>,
+    /// One flush at a time (the loop and `flush_all`).
+    flushing: tokio::sync::Mutex<()>,
+    tx: broadcast::Sender<Arc<Pushed>>,
+    /// Where counters go once the server hands over its registry.
+    metrics: arc_swap::ArcSwapOption<Metrics>,
 }
 
 impl std::fmt::Debug for Ingester {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ingester").finish_non_exhaustive()
+        f.debug_struct("Ingester")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
 impl Ingester {
+    /// Opens the WAL under `wal_dir`, replays it into heads (truncating a torn tail), and
+    /// registers head streams in `storage.index()`.
     pub async fn open(
         cfg: IngesterConfig,
-        _wal_dir: PathBuf,
-        _storage: Arc<Storage>,
+        wal_dir: PathBuf,
+        storage: Arc<Storage>,
     ) -> Result<Arc<Ingester>, Error> {
-        Ok(Arc::new(Ingester {
+        let mut cfg = cfg;
+        cfg.wal.dir = wal_dir;
+        cfg.validate()?;
+        let wal_cfg = cfg.wal.clone();
+        let (wal, records) = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            let opened = Wal::open(&wal_cfg, |n, r| records.push((n, r)));
+            opened.map(|(wal, stats)| (wal, stats, records))
+        })
+        .await
+        .map_err(|e| {
+            Error::Wal(wal::Error::Io {
+                action: "replay",
+                path: cfg.wal.dir.clone(),
+                reason: e.to_string(),
+            })
+        })?
+        .map(|(wal, stats, records)| {
+            if stats.records > 0 || stats.truncated_bytes > 0 {
+                tracing::info!(
+                    segments = stats.segments,
+                    records = stats.records,
+                    truncated_bytes = stats.truncated_bytes,
+                    "replayed wal"
+                );
+            }
+            (wal, records)
+        })?;
+        let clock = storage.clock().clone();
+        let (tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
+        let ingester = Arc::new(Ingester {
             cfg,
-            heads: Mutex::new(HashMap::new()),
-            tx: tokio::sync::broadcast::channel(1024).0,
-        }))
+            wal,
+            storage,
+            clock,
+            heads: Mutex::new(Heads::default()),
+            gate: tokio::sync::RwLock::new(()),
+            flushing: tokio::sync::Mutex::new(()),
+            tx,
+            metrics: arc_swap::ArcSwapOption::empty(),
+        });
+        ingester.replay(records).await?;
+        Ok(ingester)
     }
 
+    /// Puts replayed WAL records back into heads, skipping what segments already hold.
+    async fn replay(&self, records: Vec<(SegmentNo, wal::Record)>) -> Result<(), Error> {
+        let mut flushed: HashMap<(TenantId, LabelSet, Day), HashSet<u64>> = HashMap::new();
+        for (segment, record) in records {
+            let mut keep = Vec::with_capacity(record.entries.len());
+            for e in record.entries {
+                let key = (
+                    record.tenant.clone(),
+                    record.labels.clone(),
+                    Day::of_ns(e.timestamp_ns),
+                );
+                if !flushed.contains_key(&key) {
+                    let hashes = self.flushed_hashes(&key.0, &key.1, key.2).await?;
+                    flushed.insert(key.clone(), hashes);
+                }
+                let h = entry_hash(&e);
+                if flushed.get(&key).is_some_and(|s| s.contains(&h)) {
+                    continue;
+                }
+                keep.push(e);
+            }
+            let now = self.clock.now_ns();
+            let mut heads = self.heads.lock();
+            keep.retain(|e| !heads.is_seen(&record.tenant, &record.labels, e));
+            if keep.is_empty() {
+                continue;
+            }
+            heads.append(
+                &self.cfg,
+                &record.tenant,
+                &record.labels,
+                &keep,
+                segment,
+                now,
+            );
+            drop(heads);
+            self.note_head(&record.tenant, &record.labels, &keep);
+        }
+        Ok(())
+    }
+
+    /// Dedup hashes of a stream's entries of one day already in segments.
+    async fn flushed_hashes(
+        &self,
+        tenant: &TenantId,
+        labels: &LabelSet,
+        day: Day,
+    ) -> Result<HashSet<u64>, Error> {
+        let index = self.storage.index();
+        let id = index.stream_id(tenant, labels);
+        let mut out = HashSet::new();
+        for sc in index.segment_chunks(tenant, id, day.start_ns(), day.end_ns()) {
+            let Some(info) = sc.info() else { continue };
+            for block in &info.blocks {
+                for e in self.storage.read_block(&sc.segment, block).await?.iter() {
+                    out.insert(entry_hash(e));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn note_head(&self, tenant: &TenantId, labels: &LabelSet, entries: &[Entry]) {
+        let min = entries.iter().map(|e| e.timestamp_ns).min();
+        let max = entries.iter().map(|e| e.timestamp_ns).max();
+        if let (Some(min), Some(max)) = (min, max) {
+            self.storage.index().note_head(tenant, labels, min, max);
+        }
+    }
+
+    /// Appends already-validated streams of one tenant: out-of-order window and exact
+    /// duplicate checks, WAL append + fsync (per `wal.fsync`) BEFORE returning Ok, head
+    /// append, `index.note_head`, broadcast to subscribers. Entries rejected per stream are
+    /// reported in `PushOutcome::rejected` (partial accept); Err only for WAL/IO failure.
     pub async fn push(
         &self,
         tenant: &TenantId,
         streams: Vec<(LabelSet, Vec<Entry>)>,
     ) -> Result<PushOutcome, Error> {
-        let mut out = PushOutcome::default();
+        let mut outcome = PushOutcome::default();
         let window =
             i64::try_from(self.cfg.out_of_order_time_window.as_nanos()).unwrap_or(i64::MAX);
-        let mut heads = self.heads.lock();
-        for (labels, entries) in streams {
-            let head = heads.entry((tenant.clone(), labels.clone())).or_default();
-            let mut kept = Vec::new();
-            for e in entries {
-                let newest = head
-                    .iter()
-                    .map(|x| x.timestamp_ns)
-                    .max()
-                    .unwrap_or(i64::MIN);
-                if e.timestamp_ns < newest.saturating_sub(window) {
-                    out.rejected.push(Rejected {
-                        labels: labels.clone(),
-                        entries: 1,
-                        bytes: e.line.len(),
-                        reason: "too_far_behind",
-                        message: format!("entry too far behind for stream '{labels}'"),
-                    });
-                    continue;
+        let _gate = self.gate.read().await;
+        // Check and reserve under the lock, so two concurrent pushes of one entry cannot
+        // both pass the duplicate check.
+        let mut accepted: Vec<(LabelSet, Vec<Entry>)> = Vec::with_capacity(streams.len());
+        let mut duplicates = Dropped::default();
+        {
+            let mut heads = self.heads.lock();
+            for (labels, entries) in streams {
+                let (keep, rejected, dropped) = heads.check(tenant, &labels, entries, window);
+                outcome.rejected.extend(rejected);
+                duplicates.entries += dropped.entries;
+                duplicates.bytes += dropped.bytes;
+                if !keep.is_empty() {
+                    accepted.push((labels, keep));
                 }
-                if head
-                    .iter()
-                    .any(|x| x.timestamp_ns == e.timestamp_ns && x.line == e.line)
-                {
-                    out.rejected.push(Rejected {
-                        labels: labels.clone(),
-                        entries: 1,
-                        bytes: e.line.len(),
-                        reason: "duplicate",
-                        message: String::new(),
-                    });
-                    continue;
-                }
-                out.accepted_entries += 1;
-                out.accepted_bytes += e.line.len();
-                head.push(e.clone());
-                kept.push(e);
             }
+        }
+        if duplicates.entries > 0 {
+            if let Some(m) = self.metrics.load().as_deref() {
+                m.distributor.discard(
+                    DiscardReason::Duplicate,
+                    tenant.as_str(),
+                    duplicates.entries as u64,
+                    duplicates.bytes as u64,
+                );
+            }
+        }
+        if accepted.is_empty() {
+            return Ok(outcome);
+        }
+        let mut framed = Vec::new();
+        let mut encoded = Ok(());
+        for (labels, entries) in &accepted {
+            encoded =
+                encoded.and_then(|()| wal::encode_record(&mut framed, tenant, labels, entries));
+        }
+        let appended = match encoded {
+            Ok(()) => self.wal.append(framed).await,
+            Err(e) => Err(e),
+        };
+        let segment = match appended {
+            Ok(n) => n,
+            Err(e) => {
+                self.heads.lock().unreserve(tenant, &accepted);
+                return Err(e.into());
+            }
+        };
+        let now = self.clock.now_ns();
+        {
+            let mut heads = self.heads.lock();
+            for (labels, entries) in &accepted {
+                heads.append(&self.cfg, tenant, labels, entries, segment, now);
+            }
+        }
+        drop(_gate);
+        for (labels, entries) in accepted {
+            self.note_head(tenant, &labels, &entries);
+            outcome.accepted_entries += entries.len();
+            outcome.accepted_bytes += entries.iter().map(|e| e.line.len()).sum::<usize>();
+            // No subscribers is the common case, not an error.
             let _ = self.tx.send(Arc::new(Pushed {
                 tenant: tenant.clone(),
                 labels,
-                entries: kept,
+                entries,
             }));
         }
-        Ok(out)
+        Ok(outcome)
     }
 
+    /// Unflushed entries (open head block + sealed blocks of unflushed chunks) of one
+    /// stream with `start_ns <= ts < end_ns`, sorted by timestamp ascending (ties in push
+    /// order).
     pub fn head_entries(
         &self,
         tenant: &TenantId,
@@ -172,29 +565,385 @@ impl Ingester {
         start_ns: i64,
         end_ns: i64,
     ) -> Vec<Entry> {
-        let heads = self.heads.lock();
-        let mut v: Vec<Entry> = heads
-            .get(&(tenant.clone(), labels.clone()))
-            .map(|h| {
-                h.iter()
-                    .filter(|e| start_ns <= e.timestamp_ns && e.timestamp_ns < end_ns)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort_by_key(|e| e.timestamp_ns);
-        v
+        if start_ns >= end_ns {
+            return Vec::new();
+        }
+        let in_range = |e: &Entry| e.timestamp_ns >= start_ns && e.timestamp_ns < end_ns;
+        let mut blocks: Vec<SealedBlock> = Vec::new();
+        let mut out: Vec<Entry> = Vec::new();
+        {
+            let heads = self.heads.lock();
+            let Some(stream) = heads.tenants.get(tenant).and_then(|t| t.get(labels)) else {
+                return Vec::new();
+            };
+            for (_, day) in stream
+                .days
+                .range(Day::of_ns(start_ns)..=Day::of_ns(end_ns - 1))
+            {
+                for c in day.closed.iter().chain(std::iter::once(&day.open)) {
+                    blocks.extend(
+                        c.blocks
+                            .iter()
+                            .filter(|b| b.meta.overlaps(start_ns, end_ns))
+                            .cloned(),
+                    );
+                    // Heads are newer than the chunk's blocks; keep them after in push
+                    // order by decoding blocks first below.
+                    out.extend(c.head.iter().filter(|e| in_range(e)).cloned());
+                }
+            }
+        }
+        // Blocks were pushed before any open head entry of their chunk, and chunks of a
+        // day in order; a stable sort then keeps push order among equal timestamps.
+        let mut all = Vec::with_capacity(out.len());
+        for b in &blocks {
+            match b.entries() {
+                Ok(entries) => all.extend(entries.into_iter().filter(|e| in_range(e))),
+                Err(err) => tracing::error!(error = %err, "cannot decode a sealed head block"),
+            }
+        }
+        all.extend(out);
+        all.sort_by_key(|e| e.timestamp_ns);
+        all
     }
 
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Pushed>> {
+    /// Sends counters to the process's registry from now on: `lode_ingester_*`, and
+    /// `lode_discarded_samples_total{reason="duplicate"}` for dropped exact duplicates
+    /// (entries refused for other reasons are in [`PushOutcome::rejected`]; the caller
+    /// counts those).
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        self.metrics.store(Some(metrics));
+    }
+
+    /// Live pushes, for `/loki/api/v1/tail`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Pushed>> {
         self.tx.subscribe()
     }
 
+    /// Spawns the flush loop (every flush_check_period: close chunks by size/age/idle,
+    /// write closed chunks of a tenant/day as one segment via `storage.write_segment`, add
+    /// to the index, clear heads, checkpoint the WAL). The loop ends when the ingester is
+    /// dropped.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async {})
+        let weak: Weak<Ingester> = Arc::downgrade(self);
+        let period = self.cfg.flush_check_period;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(ingester) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = ingester.flush_due().await {
+                    tracing::error!(error = %e, "flush failed; retrying next period");
+                }
+            }
+        })
     }
 
+    /// Closes chunks due by age or idleness and flushes every closed chunk.
+    pub async fn flush_due(&self) -> Result<(), Error> {
+        let _one = self.flushing.lock().await;
+        let now = self.clock.now_ns();
+        let max_age = i64::try_from(self.cfg.max_chunk_age.as_nanos()).unwrap_or(i64::MAX);
+        let idle = i64::try_from(self.cfg.chunk_idle_period.as_nanos()).unwrap_or(i64::MAX);
+        self.heads.lock().close_chunks(|c| {
+            now.saturating_sub(c.created_ns) >= max_age
+                || now.saturating_sub(c.last_append_ns) >= idle
+        });
+        self.flush_closed().await
+    }
+
+    /// Closes and flushes every head now (graceful shutdown, tests, `POST /flush`).
     pub async fn flush_all(&self) -> Result<(), Error> {
-        Ok(())
+        let _one = self.flushing.lock().await;
+        self.heads.lock().close_chunks(|_| true);
+        self.flush_closed().await
+    }
+
+    /// Writes every closed chunk, one segment per tenant and day, then forgets them and
+    /// checkpoints the WAL.
+    async fn flush_closed(&self) -> Result<(), Error> {
+        let started = std::time::Instant::now();
+        let batches = self.heads.lock().closed_batches();
+        let flushed_any = !batches.is_empty();
+        let metrics = self.metrics.load_full();
+        let mut first_err = None;
+        for batch in batches {
+            let ids: Vec<(LabelSet, u64)> = batch
+                .chunks
+                .iter()
+                .map(|(l, id, _)| (l.clone(), *id))
+                .collect();
+            let chunks: Vec<FlushChunk> = batch.chunks.into_iter().map(|(_, _, c)| c).collect();
+            match self
+                .storage
+                .write_segment(&batch.tenant, batch.day, chunks, Vec::new(), Vec::new())
+                .await
+            {
+                Ok(segment) => {
+                    if let Some(m) = &metrics {
+                        record_flush(m, &segment.footer);
+                    }
+                    let emptied = self
+                        .heads
+                        .lock()
+                        .remove_flushed(&batch.tenant, batch.day, &ids);
+                    for labels in emptied {
+                        self.storage
+                            .index()
+                            .clear_head(&batch.tenant, &labels, batch.day);
+                    }
+                }
+                Err(e) => {
+                    if let Some(m) = &metrics {
+                        m.ingester.flush_failures.inc();
+                    }
+                    tracing::error!(tenant = %batch.tenant, day = %batch.day, error = %e, "segment write failed");
+                    first_err.get_or_insert(Error::from(e));
+                }
+            }
+        }
+        {
+            let _excl = self.gate.write().await;
+            let keep_from = self.heads.lock().oldest_wal_segment();
+            self.wal.checkpoint(keep_from).await?;
+        }
+        if let Some(m) = &metrics {
+            if flushed_any {
+                m.ingester
+                    .flush_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            let heads = self.heads.lock();
+            let (streams, bytes) = heads.usage();
+            m.ingester
+                .memory_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            for (tenant, n) in streams {
+                m.ingester
+                    .active_streams
+                    .get_or_create(&crate::metrics::TenantLabels {
+                        tenant: tenant.to_string(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
+
+/// Entries dropped as exact duplicates.
+#[derive(Default)]
+struct Dropped {
+    entries: usize,
+    bytes: usize,
+}
+
+fn record_flush(m: &Metrics, footer: &crate::storage::segment::Footer) {
+    m.ingester.flushes.inc();
+    for c in footer.streams.iter().flat_map(|s| &s.chunks) {
+        m.ingester.chunks_flushed.inc();
+        if c.len > 0 {
+            m.ingester
+                .chunk_compression_ratio
+                .observe(c.meta.raw_bytes as f64 / c.len as f64);
+        }
+    }
+}
+
+impl Heads {
+    /// Streams with unflushed entries per tenant, and bytes held in heads and chunks.
+    fn usage(&self) -> (Vec<(&TenantId, usize)>, usize) {
+        let mut bytes = 0;
+        let mut per_tenant = Vec::new();
+        for (tenant, streams) in &self.tenants {
+            let mut n = 0;
+            for s in streams.values().filter(|s| !s.days.is_empty()) {
+                n += 1;
+                for d in s.days.values() {
+                    for c in d.closed.iter().chain(std::iter::once(&d.open)) {
+                        bytes += c.sealed_bytes + c.head_bytes;
+                    }
+                }
+            }
+            per_tenant.push((tenant, n));
+        }
+        (per_tenant, bytes)
+    }
+
+    fn is_seen(&self, tenant: &TenantId, labels: &LabelSet, e: &Entry) -> bool {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.get(labels))
+            .and_then(|s| s.days.get(&Day::of_ns(e.timestamp_ns)))
+            .is_some_and(|d| d.seen.contains(&entry_hash(e)))
+    }
+
+    /// Splits a stream's entries into those to store and those refused; reserves the dedup
+    /// hashes of the accepted ones.
+    fn check(
+        &mut self,
+        tenant: &TenantId,
+        labels: &LabelSet,
+        entries: Vec<Entry>,
+        window_ns: i64,
+    ) -> (Vec<Entry>, Vec<Rejected>, Dropped) {
+        let stream = self
+            .tenants
+            .entry(tenant.clone())
+            .or_default()
+            .entry(labels.clone())
+            .or_insert_with(StreamHead::new);
+        let mut keep = Vec::with_capacity(entries.len());
+        let mut behind: Option<Rejected> = None;
+        let mut dropped = Dropped::default();
+        for e in entries {
+            let oldest_ok = stream.newest_ts.saturating_sub(window_ns);
+            if stream.newest_ts != i64::MIN && e.timestamp_ns < oldest_ok {
+                let r = behind.get_or_insert_with(|| Rejected {
+                    labels: labels.clone(),
+                    entries: 0,
+                    bytes: 0,
+                    reason: REASON_TOO_FAR_BEHIND,
+                    message: format!(
+                        "entry too far behind, entry timestamp is: {}, oldest acceptable timestamp is: {}",
+                        rfc3339(e.timestamp_ns),
+                        rfc3339(oldest_ok)
+                    ),
+                });
+                r.entries += 1;
+                r.bytes += e.line.len();
+                continue;
+            }
+            let day = Day::of_ns(e.timestamp_ns);
+            let h = entry_hash(&e);
+            let seen = &mut stream.days.entry(day).or_insert_with(DayHead::new).seen;
+            // Exact duplicates are dropped silently, as Loki does: a retrying client must
+            // not see an error for data that is already stored.
+            if !seen.insert(h) {
+                dropped.entries += 1;
+                dropped.bytes += e.line.len();
+                continue;
+            }
+            stream.newest_ts = stream.newest_ts.max(e.timestamp_ns);
+            keep.push(e);
+        }
+        (keep, behind.into_iter().collect(), dropped)
+    }
+
+    /// Releases dedup reservations of entries whose WAL append failed.
+    fn unreserve(&mut self, tenant: &TenantId, accepted: &[(LabelSet, Vec<Entry>)]) {
+        let Some(t) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        for (labels, entries) in accepted {
+            let Some(s) = t.get_mut(labels) else { continue };
+            for e in entries {
+                if let Some(d) = s.days.get_mut(&Day::of_ns(e.timestamp_ns)) {
+                    d.seen.remove(&entry_hash(e));
+                }
+            }
+        }
+    }
+
+    /// Moves every non-empty open chunk that `due` picks to the closed list, sealing its
+    /// head block.
+    fn close_chunks(&mut self, due: impl Fn(&Chunk) -> bool) {
+        for streams in self.tenants.values_mut() {
+            for (labels, s) in streams.iter_mut() {
+                for day in s.days.values_mut() {
+                    if day.open.is_empty() || !due(&day.open) {
+                        continue;
+                    }
+                    let mut c = std::mem::replace(&mut day.open, Chunk::new(0, 0));
+                    if let Err(err) = c.cut() {
+                        tracing::error!(%labels, error = %err, "cannot seal head block for flush");
+                    }
+                    day.closed.push(c);
+                }
+            }
+        }
+    }
+
+    /// Closed chunks grouped into one segment per tenant and day.
+    fn closed_batches(&self) -> Vec<FlushBatch> {
+        let mut by_key: BTreeMap<(TenantId, Day), FlushBatch> = BTreeMap::new();
+        for (tenant, streams) in &self.tenants {
+            for (labels, s) in streams {
+                for (day, d) in &s.days {
+                    for c in d.closed.iter().filter(|c| !c.blocks.is_empty()) {
+                        by_key
+                            .entry((tenant.clone(), *day))
+                            .or_insert_with(|| FlushBatch {
+                                tenant: tenant.clone(),
+                                day: *day,
+                                chunks: Vec::new(),
+                            })
+                            .chunks
+                            .push((
+                                labels.clone(),
+                                c.id,
+                                FlushChunk {
+                                    labels: labels.clone(),
+                                    blocks: c.blocks.clone(),
+                                },
+                            ));
+                    }
+                }
+            }
+        }
+        by_key.into_values().collect()
+    }
+
+    /// Drops flushed chunks; returns the streams left with nothing unflushed on that day.
+    fn remove_flushed(
+        &mut self,
+        tenant: &TenantId,
+        day: Day,
+        ids: &[(LabelSet, u64)],
+    ) -> Vec<LabelSet> {
+        let mut emptied = Vec::new();
+        let Some(streams) = self.tenants.get_mut(tenant) else {
+            return emptied;
+        };
+        for (labels, id) in ids {
+            let Some(s) = streams.get_mut(labels) else {
+                continue;
+            };
+            let Some(d) = s.days.get_mut(&day) else {
+                continue;
+            };
+            if let Some(pos) = d.closed.iter().position(|c| c.id == *id) {
+                let c = d.closed.remove(pos);
+                for h in &c.hashes {
+                    d.seen.remove(h);
+                }
+            }
+            if d.closed.is_empty() && d.open.is_empty() && d.seen.is_empty() {
+                s.days.remove(&day);
+                emptied.push(labels.clone());
+            }
+        }
+        emptied
+    }
+
+    /// The oldest WAL segment an unflushed entry is in; `None` when heads are empty.
+    fn oldest_wal_segment(&self) -> Option<SegmentNo> {
+        self.tenants
+            .values()
+            .flat_map(|t| t.values())
+            .flat_map(|s| s.days.values())
+            .flat_map(|d| d.closed.iter().chain(std::iter::once(&d.open)))
+            .filter_map(|c| c.min_wal)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests;
