@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod querier;
 pub mod retention;
 pub mod ruler;
+pub mod server;
 pub mod storage;
 pub mod tenant;
 pub mod wal;

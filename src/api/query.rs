@@ -21,6 +21,7 @@ use query_lang::eval::{QueryParams, QueryResult};
 use query_lang::{parse_expr, Expr, Matcher};
 use serde::Serialize;
 
+use super::error::{ApiError, ApiErrorKind};
 use super::params::{self, InstantQuery, ParamError, Params, RangeQuery};
 use crate::config::units::ConfigDuration;
 use crate::ingester::Ingester;
@@ -85,78 +86,22 @@ pub fn routes(api: QueryApi) -> Router {
 
 type ApiState = State<Arc<QueryApi>>;
 
-/// A failed read request: status and the plain-text message Loki would send.
-#[derive(Debug)]
-pub struct QueryError {
-    status: StatusCode,
-    message: String,
-}
-
-impl QueryError {
-    pub(super) fn bad_request(message: impl Into<String>) -> Self {
-        QueryError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<ParamError> for QueryError {
+impl From<ParamError> for ApiError {
     fn from(e: ParamError) -> Self {
-        QueryError::bad_request(e.0)
+        ApiError::bad_request(e.0)
     }
 }
 
-impl From<querier::Error> for QueryError {
+impl From<querier::Error> for ApiError {
     fn from(e: querier::Error) -> Self {
-        let status = match &e {
-            _ if e.is_client_error() => StatusCode::BAD_REQUEST,
-            querier::Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            // Loki's "client closed request"; only logged, the client is gone.
-            querier::Error::Cancelled => {
-                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
-            }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        let kind = match &e {
+            _ if e.is_client_error() => ApiErrorKind::BadRequest,
+            querier::Error::Timeout(_) => ApiErrorKind::Timeout,
+            querier::Error::Cancelled => ApiErrorKind::ClientClosed,
+            _ => ApiErrorKind::Internal,
         };
-        QueryError {
-            status,
-            message: e.to_string(),
-        }
+        ApiError::new(kind, e.to_string())
     }
-}
-
-impl IntoResponse for QueryError {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, self.message).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r.headers_mut().insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        r
-    }
-}
-
-/// The tenant of a request: `X-Scope-OrgID` when auth is enabled (401 without it), else
-/// Loki's single tenant `fake`.
-pub fn tenant(headers: &HeaderMap, auth_enabled: bool) -> Result<TenantId, QueryError> {
-    if !auth_enabled {
-        return Ok(TenantId::default_tenant());
-    }
-    let unauthorized = |m: String| QueryError {
-        status: StatusCode::UNAUTHORIZED,
-        message: m,
-    };
-    let raw = headers
-        .get("X-Scope-OrgID")
-        .ok_or_else(|| unauthorized("no org id".to_string()))?;
-    let text = raw
-        .to_str()
-        .map_err(|_| unauthorized("X-Scope-OrgID is not valid text".to_string()))?;
-    TenantId::new(text.trim()).map_err(|e| unauthorized(e.to_string()))
 }
 
 /// Query string and, for POST, the form body, as one parameter list.
@@ -193,9 +138,9 @@ pub(super) fn decode(
     headers: HeaderMap,
     query: Option<String>,
     body: &Bytes,
-) -> Result<Request, QueryError> {
+) -> Result<Request, ApiError> {
     Ok(Request {
-        tenant: tenant(&headers, api.auth_enabled)?,
+        tenant: super::tenant_from(api.auth_enabled, &headers)?,
         params: request_params(method, &headers, query, body),
         headers,
     })
@@ -204,11 +149,7 @@ pub(super) fn decode(
 fn json_response<T: Serialize>(body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => json_bytes(bytes),
-        Err(e) => QueryError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("encoding the response failed: {e}"),
-        }
-        .into_response(),
+        Err(e) => ApiError::internal(format!("encoding the response failed: {e}")).into_response(),
     }
 }
 
@@ -233,22 +174,22 @@ pub(super) fn encoding_flags(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-pub(super) fn parse_query(text: &str) -> Result<Expr, QueryError> {
-    parse_expr(text).map_err(|e| QueryError::bad_request(e.to_string()))
+pub(super) fn parse_query(text: &str) -> Result<Expr, ApiError> {
+    parse_expr(text).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// The stream matchers of a selector parameter (`query`, `match[]`); a pipeline after
 /// the selector is allowed and ignored, as Loki does for metadata endpoints.
-fn selector_matchers(text: &str) -> Result<Vec<Matcher>, QueryError> {
+fn selector_matchers(text: &str) -> Result<Vec<Matcher>, ApiError> {
     match parse_query(text)? {
         Expr::Log(sel) => Ok(sel.matchers),
-        Expr::Metric(_) => Err(QueryError::bad_request(format!(
+        Expr::Metric(_) => Err(ApiError::bad_request(format!(
             "only stream selectors are accepted here, got a metric query: {text}"
         ))),
     }
 }
 
-fn optional_matchers(params: &Params) -> Result<Vec<Matcher>, QueryError> {
+fn optional_matchers(params: &Params) -> Result<Vec<Matcher>, ApiError> {
     match params.get("query") {
         Some(q) => selector_matchers(q),
         None => Ok(Vec::new()),
@@ -260,13 +201,13 @@ fn max_limit(api: &QueryApi, tenant: &TenantId) -> u32 {
 }
 
 /// Rejects a range longer than the tenant's `max_query_length`.
-fn check_length(api: &QueryApi, tenant: &TenantId, start: i64, end: i64) -> Result<(), QueryError> {
+fn check_length(api: &QueryApi, tenant: &TenantId, start: i64, end: i64) -> Result<(), ApiError> {
     let limit = api.querier.limits(tenant).max_query_length;
     if !limit.is_zero() && end.saturating_sub(start) > limit.as_nanos_i64() {
         let length = ConfigDuration(std::time::Duration::from_nanos(
             u64::try_from(end - start).unwrap_or(0),
         ));
-        return Err(QueryError::bad_request(format!(
+        return Err(ApiError::bad_request(format!(
             "the query time range exceeds the limit (query length: {length}, limit: {limit}); shorten the range or raise max_query_length"
         )));
     }
@@ -279,7 +220,7 @@ async fn instant_query(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
     let q = InstantQuery::from_params(&req.params, params::now_ns(), max_limit(&api, &req.tenant))?;
     let mut p = QueryParams::instant(q.time);
@@ -294,7 +235,7 @@ async fn range_query(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
     let q = RangeQuery::from_params(&req.params, params::now_ns(), max_limit(&api, &req.tenant))?;
     let mut p = QueryParams::range(q.start, q.end, q.step);
@@ -309,7 +250,7 @@ async fn run_query(
     req: &Request,
     text: &str,
     mut p: QueryParams,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let expr = parse_query(text)?;
     let limits = api.querier.limits(&req.tenant);
@@ -340,18 +281,15 @@ fn returned_entries(result: &QueryResult) -> u64 {
 }
 
 /// `{"status":"success","data":{<query-lang's data object>,"stats":{...}}}`.
-fn envelope(result: &QueryResult, stats: &Stats) -> Result<Vec<u8>, QueryError> {
-    let internal = |e: serde_json::Error| QueryError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: format!("encoding the response failed: {e}"),
-    };
+fn envelope(result: &QueryResult, stats: &Stats) -> Result<Vec<u8>, ApiError> {
+    let internal =
+        |e: serde_json::Error| ApiError::internal(format!("encoding the response failed: {e}"));
     let mut data = serde_json::to_vec(result).map_err(internal)?;
     // The data object ends with its closing brace; the stats go in last, after `result`.
     if data.pop() != Some(b'}') {
-        return Err(QueryError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: "encoding the response failed: result is not an object".to_string(),
-        });
+        return Err(ApiError::internal(
+            "encoding the response failed: result is not an object",
+        ));
     }
     let mut out = Vec::with_capacity(data.len() + 512);
     out.extend_from_slice(br#"{"status":"success","data":"#);
@@ -409,7 +347,7 @@ async fn labels(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = optional_matchers(&req.params)?;
@@ -430,7 +368,7 @@ async fn label_values(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = optional_matchers(&req.params)?;
@@ -453,7 +391,7 @@ async fn series(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
     let range = params::time_range(&req.params, params::now_ns())?;
     let selectors: Vec<&str> = req
@@ -494,13 +432,13 @@ async fn index_stats(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = match req.params.get("query") {
         Some(q) => selector_matchers(q)?,
         None => {
-            return Err(QueryError::bad_request(
+            return Err(ApiError::bad_request(
                 "query parameter is required: send query=<stream selector>",
             ))
         }
@@ -521,11 +459,12 @@ async fn format_query(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
-    let text = req.params.get("query").ok_or_else(|| {
-        QueryError::bad_request("query parameter is required: send query=<LogQL>")
-    })?;
+    let text = req
+        .params
+        .get("query")
+        .ok_or_else(|| ApiError::bad_request("query parameter is required: send query=<LogQL>"))?;
     let expr = parse_query(text)?;
     Ok(json_response(
         &serde_json::json!({"status": "success", "data": expr.to_string()}),
@@ -540,7 +479,7 @@ async fn detected_labels(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = optional_matchers(&req.params)?;
@@ -572,7 +511,7 @@ async fn volume(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
     volume_response(&api, &req, false)
 }
@@ -583,7 +522,7 @@ async fn volume_range(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &body)?;
     volume_response(&api, &req, true)
 }
@@ -601,12 +540,12 @@ fn seconds(ns: i64) -> serde_json::Value {
 /// `index/volume` (a vector at `end`) and `index/volume_range` (a matrix over steps):
 /// line bytes grouped by `targetLabels`, or by the selector's label names, per series or
 /// (`aggregateBy=labels`) per label name.
-fn volume_response(api: &QueryApi, req: &Request, ranged: bool) -> Result<Response, QueryError> {
+fn volume_response(api: &QueryApi, req: &Request, ranged: bool) -> Result<Response, ApiError> {
     use std::collections::BTreeMap;
 
     let range = params::time_range(&req.params, params::now_ns())?;
     let text = req.params.get("query").ok_or_else(|| {
-        QueryError::bad_request("query parameter is required: send query=<stream selector>")
+        ApiError::bad_request("query parameter is required: send query=<stream selector>")
     })?;
     let matchers = selector_matchers(text)?;
     let limit = match req.params.get("limit") {
@@ -615,7 +554,7 @@ fn volume_response(api: &QueryApi, req: &Request, ranged: bool) -> Result<Respon
             Ok(0) => 100,
             Ok(n) => n,
             Err(_) => {
-                return Err(QueryError::bad_request(format!(
+                return Err(ApiError::bad_request(format!(
                     "invalid limit {s:?}: expected a non-negative integer"
                 )))
             }
@@ -635,7 +574,7 @@ fn volume_response(api: &QueryApi, req: &Request, ranged: bool) -> Result<Respon
         None | Some("series") => false,
         Some("labels") => true,
         Some(other) => {
-            return Err(QueryError::bad_request(format!(
+            return Err(ApiError::bad_request(format!(
                 "invalid aggregateBy {other:?}: use \"series\" or \"labels\""
             )))
         }
@@ -650,7 +589,7 @@ fn volume_response(api: &QueryApi, req: &Request, ranged: bool) -> Result<Respon
         _ => params::default_step(range.start, range.end),
     };
     if step <= 0 {
-        return Err(QueryError::bad_request(
+        return Err(ApiError::bad_request(
             "zero or negative query resolution step widths are not accepted. Try a positive integer",
         ));
     }

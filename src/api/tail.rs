@@ -22,8 +22,9 @@ use query_lang::eval::{self, Direction, InMemorySource, QueryParams, QueryResult
 use query_lang::Expr;
 use tokio::sync::broadcast;
 
+use super::error::ApiError;
 use super::params;
-use super::query::{decode, encoding_flags, parse_query, QueryApi, QueryError};
+use super::query::{decode, encoding_flags, parse_query, QueryApi};
 use crate::ingester::Pushed;
 use crate::tenant::TenantId;
 
@@ -43,20 +44,21 @@ pub async fn tail(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Result<Response, QueryError> {
+) -> Result<Response, ApiError> {
     let req = decode(&api, &method, headers, query, &Bytes::new())?;
-    let text = req.params.get("query").ok_or_else(|| {
-        QueryError::bad_request("query parameter is required: send query=<LogQL>")
-    })?;
+    let text = req
+        .params
+        .get("query")
+        .ok_or_else(|| ApiError::bad_request("query parameter is required: send query=<LogQL>"))?;
     let expr = parse_query(text)?;
     if !matches!(expr, Expr::Log(_)) {
-        return Err(QueryError::bad_request(
+        return Err(ApiError::bad_request(
             "only log queries can be tailed; remove the metric aggregation",
         ));
     }
     let limit = match req.params.get("limit") {
         Some(s) => s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            QueryError::bad_request(format!("invalid limit {s:?}: expected a positive integer"))
+            ApiError::bad_request(format!("invalid limit {s:?}: expected a positive integer"))
         })?,
         None => params::DEFAULT_LIMIT as usize,
     };
@@ -71,14 +73,14 @@ pub async fn tail(
             .ok()
             .filter(|d| *d <= MAX_DELAY_FOR_SECS)
             .ok_or_else(|| {
-                QueryError::bad_request(format!(
+                ApiError::bad_request(format!(
                     "delay_for must be an integer number of seconds between 0 and {MAX_DELAY_FOR_SECS}, got {s:?}"
                 ))
             })?,
         None => 0,
     };
     let ws =
-        ws.map_err(|e| QueryError::bad_request(format!("tail needs a WebSocket upgrade: {e}")))?;
+        ws.map_err(|e| ApiError::bad_request(format!("tail needs a WebSocket upgrade: {e}")))?;
     let categorize = encoding_flags(&req.headers)
         .iter()
         .any(|f| f == "categorize-labels");

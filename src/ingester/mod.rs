@@ -34,6 +34,7 @@ use tokio::sync::broadcast;
 
 use crate::chunk::{self, SealedBlock, ZSTD_LEVEL};
 use crate::clock::{Clock, Day};
+use crate::metrics::{DiscardReason, Metrics};
 use crate::storage::segment::FlushChunk;
 use crate::storage::Storage;
 use crate::tenant::TenantId;
@@ -338,6 +339,8 @@ pub struct Ingester {
     /// One flush at a time (the loop and `flush_all`).
     flushing: tokio::sync::Mutex<()>,
     tx: broadcast::Sender<Arc<Pushed>>,
+    /// Where counters go once the server hands over its registry.
+    metrics: arc_swap::ArcSwapOption<Metrics>,
 }
 
 impl std::fmt::Debug for Ingester {
@@ -395,6 +398,7 @@ impl Ingester {
             gate: tokio::sync::RwLock::new(()),
             flushing: tokio::sync::Mutex::new(()),
             tx,
+            metrics: arc_swap::ArcSwapOption::empty(),
         });
         ingester.replay(records).await?;
         Ok(ingester)
@@ -486,14 +490,27 @@ impl Ingester {
         // Check and reserve under the lock, so two concurrent pushes of one entry cannot
         // both pass the duplicate check.
         let mut accepted: Vec<(LabelSet, Vec<Entry>)> = Vec::with_capacity(streams.len());
+        let mut duplicates = Dropped::default();
         {
             let mut heads = self.heads.lock();
             for (labels, entries) in streams {
-                let (keep, rejected) = heads.check(tenant, &labels, entries, window);
+                let (keep, rejected, dropped) = heads.check(tenant, &labels, entries, window);
                 outcome.rejected.extend(rejected);
+                duplicates.entries += dropped.entries;
+                duplicates.bytes += dropped.bytes;
                 if !keep.is_empty() {
                     accepted.push((labels, keep));
                 }
+            }
+        }
+        if duplicates.entries > 0 {
+            if let Some(m) = self.metrics.load().as_deref() {
+                m.distributor.discard(
+                    DiscardReason::Duplicate,
+                    tenant.as_str(),
+                    duplicates.entries as u64,
+                    duplicates.bytes as u64,
+                );
             }
         }
         if accepted.is_empty() {
@@ -590,6 +607,14 @@ impl Ingester {
         all
     }
 
+    /// Sends counters to the process's registry from now on: `lode_ingester_*`, and
+    /// `lode_discarded_samples_total{reason="duplicate"}` for dropped exact duplicates
+    /// (entries refused for other reasons are in [`PushOutcome::rejected`]; the caller
+    /// counts those).
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        self.metrics.store(Some(metrics));
+    }
+
     /// Live pushes, for `/loki/api/v1/tail`.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Pushed>> {
         self.tx.subscribe()
@@ -641,7 +666,10 @@ impl Ingester {
     /// Writes every closed chunk, one segment per tenant and day, then forgets them and
     /// checkpoints the WAL.
     async fn flush_closed(&self) -> Result<(), Error> {
+        let started = std::time::Instant::now();
         let batches = self.heads.lock().closed_batches();
+        let flushed_any = !batches.is_empty();
+        let metrics = self.metrics.load_full();
         let mut first_err = None;
         for batch in batches {
             let ids: Vec<(LabelSet, u64)> = batch
@@ -655,7 +683,10 @@ impl Ingester {
                 .write_segment(&batch.tenant, batch.day, chunks, Vec::new(), Vec::new())
                 .await
             {
-                Ok(_) => {
+                Ok(segment) => {
+                    if let Some(m) = &metrics {
+                        record_flush(m, &segment.footer);
+                    }
                     let emptied = self
                         .heads
                         .lock()
@@ -667,6 +698,9 @@ impl Ingester {
                     }
                 }
                 Err(e) => {
+                    if let Some(m) = &metrics {
+                        m.ingester.flush_failures.inc();
+                    }
                     tracing::error!(tenant = %batch.tenant, day = %batch.day, error = %e, "segment write failed");
                     first_err.get_or_insert(Error::from(e));
                 }
@@ -677,6 +711,26 @@ impl Ingester {
             let keep_from = self.heads.lock().oldest_wal_segment();
             self.wal.checkpoint(keep_from).await?;
         }
+        if let Some(m) = &metrics {
+            if flushed_any {
+                m.ingester
+                    .flush_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            let heads = self.heads.lock();
+            let (streams, bytes) = heads.usage();
+            m.ingester
+                .memory_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            for (tenant, n) in streams {
+                m.ingester
+                    .active_streams
+                    .get_or_create(&crate::metrics::TenantLabels {
+                        tenant: tenant.to_string(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -684,7 +738,45 @@ impl Ingester {
     }
 }
 
+/// Entries dropped as exact duplicates.
+#[derive(Default)]
+struct Dropped {
+    entries: usize,
+    bytes: usize,
+}
+
+fn record_flush(m: &Metrics, footer: &crate::storage::segment::Footer) {
+    m.ingester.flushes.inc();
+    for c in footer.streams.iter().flat_map(|s| &s.chunks) {
+        m.ingester.chunks_flushed.inc();
+        if c.len > 0 {
+            m.ingester
+                .chunk_compression_ratio
+                .observe(c.meta.raw_bytes as f64 / c.len as f64);
+        }
+    }
+}
+
 impl Heads {
+    /// Streams with unflushed entries per tenant, and bytes held in heads and chunks.
+    fn usage(&self) -> (Vec<(&TenantId, usize)>, usize) {
+        let mut bytes = 0;
+        let mut per_tenant = Vec::new();
+        for (tenant, streams) in &self.tenants {
+            let mut n = 0;
+            for s in streams.values().filter(|s| !s.days.is_empty()) {
+                n += 1;
+                for d in s.days.values() {
+                    for c in d.closed.iter().chain(std::iter::once(&d.open)) {
+                        bytes += c.sealed_bytes + c.head_bytes;
+                    }
+                }
+            }
+            per_tenant.push((tenant, n));
+        }
+        (per_tenant, bytes)
+    }
+
     fn is_seen(&self, tenant: &TenantId, labels: &LabelSet, e: &Entry) -> bool {
         self.tenants
             .get(tenant)
@@ -701,7 +793,7 @@ impl Heads {
         labels: &LabelSet,
         entries: Vec<Entry>,
         window_ns: i64,
-    ) -> (Vec<Entry>, Vec<Rejected>) {
+    ) -> (Vec<Entry>, Vec<Rejected>, Dropped) {
         let stream = self
             .tenants
             .entry(tenant.clone())
@@ -710,6 +802,7 @@ impl Heads {
             .or_insert_with(StreamHead::new);
         let mut keep = Vec::with_capacity(entries.len());
         let mut behind: Option<Rejected> = None;
+        let mut dropped = Dropped::default();
         for e in entries {
             let oldest_ok = stream.newest_ts.saturating_sub(window_ns);
             if stream.newest_ts != i64::MIN && e.timestamp_ns < oldest_ok {
@@ -734,12 +827,14 @@ impl Heads {
             // Exact duplicates are dropped silently, as Loki does: a retrying client must
             // not see an error for data that is already stored.
             if !seen.insert(h) {
+                dropped.entries += 1;
+                dropped.bytes += e.line.len();
                 continue;
             }
             stream.newest_ts = stream.newest_ts.max(e.timestamp_ns);
             keep.push(e);
         }
-        (keep, behind.into_iter().collect())
+        (keep, behind.into_iter().collect(), dropped)
     }
 
     /// Releases dedup reservations of entries whose WAL append failed.
