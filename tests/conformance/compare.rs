@@ -79,7 +79,10 @@ fn compare(e: &Value, a: &Value, path: &str, out: &mut Vec<String>) {
             }
         }
         (Value::Number(en), Value::Number(an)) => {
-            let (x, y) = (en.as_f64().unwrap_or(f64::NAN), an.as_f64().unwrap_or(f64::NAN));
+            let (x, y) = (
+                en.as_f64().unwrap_or(f64::NAN),
+                an.as_f64().unwrap_or(f64::NAN),
+            );
             if !floats_close(x, y) {
                 out.push(format!("{path}: expected {en}, got {an}"));
             }
@@ -142,7 +145,10 @@ fn floats_close(x: f64, y: f64) -> bool {
 fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 160 {
-        let cut = (0..=160).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=160)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
         format!("{}…", &s[..cut])
     } else {
         s
@@ -183,7 +189,10 @@ mod tests {
     #[test]
     fn label_lists_compare_as_sets() {
         let e = json!({"status":"success","data":["a","b"]});
-        assert_eq!(diff(&e, &json!({"status":"success","data":["b","a"]})), None);
+        assert_eq!(
+            diff(&e, &json!({"status":"success","data":["b","a"]})),
+            None
+        );
         assert!(diff(&e, &json!({"status":"success","data":["a"]})).is_some());
     }
 }
