@@ -2,7 +2,7 @@
 //!
 //! Owns the command line (clap): `lode serve [--config.file F | --config F]
 //! [--config.expand-env] [--data-dir DIR] [--listen ADDR:PORT]` and `lode rules check
-//! FILES`. Loki's single-dash spelling (`-config.file=F`) is accepted too, so a Loki
+//! FILES`, and the logcli-like client `lode query|labels|series` (`lode::cli`). Loki's single-dash spelling (`-config.file=F`) is accepted too, so a Loki
 //! container's arguments carry over. It does not own what the commands do: `config`
 //! loads the file, `server` runs it, `ruler::check` checks rule files.
 
@@ -32,6 +32,12 @@ enum Command {
     /// Work with rule files.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Run a LogQL query against a Loki-compatible server (like logcli query).
+    Query(lode::cli::QueryArgs),
+    /// List label names, or one label's values.
+    Labels(lode::cli::LabelsArgs),
+    /// List the streams matching selectors.
+    Series(lode::cli::SeriesArgs),
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +88,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Query(args) => client(lode::cli::query(args)),
+        Command::Labels(args) => client(lode::cli::labels(args)),
+        Command::Series(args) => client(lode::cli::series(args)),
         Command::Rules(RulesCommand::Check { files }) => {
             match lode::ruler::check::check_files(&files) {
                 Ok(summary) => {
@@ -93,6 +102,27 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs a client command on a small runtime; errors go to stderr with exit code 1.
+fn client(command: impl std::future::Future<Output = Result<(), lode::cli::Error>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lode: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lode: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,0 +1,487 @@
+//! The read API as its clients use it: the requests Grafana's Loki data source makes
+//! (health check, Explore log query with `categorize-labels`, metric query with an `ms`
+//! step, label browser, series), live tail over a real WebSocket while pushing, the `lode`
+//! CLI against a live server, bad input, and concurrent heavy queries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use common::{now_ns, TestServer};
+
+/// Discovery off so result labels are exactly what was pushed.
+const CONFIG: &str = r#"
+limits_config:
+  discover_service_name: []
+  discover_log_levels: false
+"#;
+
+/// Pushes `lines` to `labels` one millisecond apart, ending about now.
+async fn push_lines(server: &TestServer, labels: &Value, lines: &[&str]) -> i64 {
+    let base = now_ns() - 10_000_000_000;
+    let values: Vec<Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| serde_json::json!([(base + i as i64 * 1_000_000).to_string(), l]))
+        .collect();
+    let body = serde_json::json!({"streams": [{"stream": labels, "values": values}]});
+    let (status, text) = server.push_json(None, &body).await;
+    assert_eq!(status, 204, "push failed: {text}");
+    base
+}
+
+async fn get_json(server: &TestServer, path: &str, params: &[(&str, String)]) -> (u16, String) {
+    let r = server
+        .client
+        .get(format!("{}{path}", server.url))
+        .query(params)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+fn window() -> Vec<(&'static str, String)> {
+    let now = now_ns();
+    vec![
+        ("start", (now - 3_600_000_000_000).to_string()),
+        ("end", (now + 60_000_000_000).to_string()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_health_check_answers_one_sample_of_two() {
+    let server = TestServer::start(CONFIG).await;
+    let (status, body) = get_json(
+        &server,
+        "/loki/api/v1/query",
+        &[
+            ("query", "vector(1)+vector(1)".to_string()),
+            ("direction", "backward".to_string()),
+            ("time", "4000000000".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["data"]["resultType"], "vector");
+    let result = v["data"]["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{body}");
+    assert_eq!(result[0]["value"][0], 4_000_000_000_i64);
+    assert_eq!(result[0]["value"][1], "2");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_explore_log_query_with_categorize_labels_gets_three_element_values() {
+    let server = TestServer::start(CONFIG).await;
+    let base = now_ns() - 5_000_000_000;
+    let body = serde_json::json!({"streams": [{
+        "stream": {"app": "api", "env": "prod"},
+        "values": [
+            [base.to_string(), r#"{"status":500,"msg":"boom"}"#, {"trace_id": "abc"}],
+            [(base + 1).to_string(), "plain text line"],
+        ]
+    }]});
+    let (status, text) = server.push_json(None, &body).await;
+    assert_eq!(status, 204, "{text}");
+
+    let mut params = window();
+    params.extend([
+        ("query", r#"{app="api"} | json"#.to_string()),
+        ("direction", "backward".to_string()),
+        ("limit", "1000".to_string()),
+        ("step", "2000ms".to_string()),
+    ]);
+    let r = server
+        .client
+        .get(format!("{}/loki/api/v1/query_range", server.url))
+        .query(&params)
+        .header("X-Loki-Response-Encoding-Flags", "categorize-labels")
+        .header("X-Query-Tags", "Source=grafana")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/json; charset=UTF-8"
+    );
+    let text = r.text().await.unwrap();
+    // Grafana reads in order: encodingFlags before result, stream before values.
+    let pos = |k: &str| {
+        text.find(k)
+            .unwrap_or_else(|| panic!("{k} missing in {text}"))
+    };
+    assert!(pos("\"encodingFlags\"") < pos("\"result\""), "{text}");
+    assert!(pos("\"stream\"") < pos("\"values\""), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["data"]["encodingFlags"],
+        serde_json::json!(["categorize-labels"])
+    );
+    let streams = v["data"]["result"].as_array().unwrap();
+    let mut seen = Vec::new();
+    for s in streams {
+        assert_eq!(
+            s["stream"],
+            serde_json::json!({"app": "api", "env": "prod"})
+        );
+        for value in s["values"].as_array().unwrap() {
+            let value = value.as_array().unwrap();
+            assert_eq!(
+                value.len(),
+                3,
+                "every value has the categories object: {text}"
+            );
+            assert!(value[0].is_string() && value[1].is_string());
+            seen.push((value[1].as_str().unwrap().to_string(), value[2].clone()));
+        }
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(seen.len(), 2, "{text}");
+    assert_eq!(
+        seen[1].1,
+        serde_json::json!({"structuredMetadata": {"trace_id": "abc"}, "parsed": {"msg": "boom", "status": "500"}})
+    );
+    // The plain line fails JSON parsing: the error is a parsed label.
+    assert_eq!(seen[0].1["parsed"]["__error__"], "JSONParserErr", "{text}");
+    assert!(
+        v["data"]["stats"]["summary"]["totalLinesProcessed"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+
+    // Without the header: two-element values and metadata merged into the stream.
+    let r = server
+        .client
+        .get(format!("{}/loki/api/v1/query_range", server.url))
+        .query(&params)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert!(v["data"].get("encodingFlags").is_none());
+    for s in v["data"]["result"].as_array().unwrap() {
+        for value in s["values"].as_array().unwrap() {
+            assert_eq!(value.as_array().unwrap().len(), 2);
+        }
+    }
+    assert!(v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["stream"]["trace_id"] == "abc"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_metric_query_with_ms_step_gets_number_times_and_string_values() {
+    let server = TestServer::start(CONFIG).await;
+    push_lines(
+        &server,
+        &serde_json::json!({"app": "api", "level": "info"}),
+        &["a", "b", "c"],
+    )
+    .await;
+    let mut params = window();
+    params.extend([
+        (
+            "query",
+            r#"sum by (app) (count_over_time({app="api"}[1h]))"#.to_string(),
+        ),
+        ("step", "60000ms".to_string()),
+        ("limit", "1000".to_string()),
+    ]);
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"]["resultType"], "matrix");
+    let series = v["data"]["result"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{body}");
+    assert_eq!(series[0]["metric"], serde_json::json!({"app": "api"}));
+    let last = series[0]["values"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(last[0].is_number(), "{body}");
+    assert_eq!(last[1], "3");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_browser_and_series_list_indexed_labels_only() {
+    let server = TestServer::start(CONFIG).await;
+    let base = now_ns() - 5_000_000_000;
+    let body = serde_json::json!({"streams": [
+        {"stream": {"app": "api", "env": "prod"}, "values": [[base.to_string(), "x", {"trace_id": "t"}]]},
+        {"stream": {"app": "db", "env": "dev"}, "values": [[base.to_string(), "y"]]},
+    ]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    let (status, body) = get_json(&server, "/loki/api/v1/labels", &window()).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["data"],
+        serde_json::json!(["app", "env"]),
+        "no structured metadata"
+    );
+
+    let mut params = window();
+    params.push(("query", r#"{env="prod"}"#.to_string()));
+    let (_, body) = get_json(&server, "/loki/api/v1/label/app/values", &params).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"], serde_json::json!(["api"]));
+
+    let mut params = window();
+    params.push(("match[]", r#"{app=~"api|db"}"#.to_string()));
+    let (_, body) = get_json(&server, "/loki/api/v1/series", &params).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut series = v["data"].as_array().unwrap().clone();
+    series.sort_by_key(|s| s["app"].as_str().unwrap().to_string());
+    assert_eq!(
+        Value::Array(series),
+        serde_json::json!([{"app": "api", "env": "prod"}, {"app": "db", "env": "dev"}])
+    );
+
+    // logcli spells it `match`.
+    let mut params = window();
+    params.push(("match", r#"{app="db"}"#.to_string()));
+    let (_, body) = get_json(&server, "/loki/api/v1/series", &params).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"], serde_json::json!([{"app": "db", "env": "dev"}]));
+    server.stop().await;
+}
+
+/// Reads tail messages until `lines` holds `want` lines.
+async fn read_tail<S>(ws: &mut S, lines: &mut Vec<String>, want: usize)
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while lines.len() < want {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a tail message within 10s")
+            .expect("socket open")
+            .unwrap();
+        let Message::Text(text) = msg else { continue };
+        let v: Value = serde_json::from_str(text.as_str()).unwrap();
+        for s in v["streams"].as_array().unwrap() {
+            assert_eq!(s["stream"]["app"], "tailed", "{text}");
+            for value in s["values"].as_array().unwrap() {
+                lines.push(value[1].as_str().unwrap().to_string());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tail_replays_then_streams_new_pushes_over_a_websocket() {
+    let server = TestServer::start(CONFIG).await;
+    let labels = serde_json::json!({"app": "tailed"});
+    push_lines(&server, &labels, &["before-1", "before-2"]).await;
+    push_lines(&server, &serde_json::json!({"app": "other"}), &["not me"]).await;
+
+    let ws_url = format!(
+        "{}/loki/api/v1/tail?query={}&limit=10",
+        server.url.replacen("http://", "ws://", 1),
+        "%7Bapp%3D%22tailed%22%7D%20%21%3D%20%22skip%22"
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+
+    let mut lines: Vec<String> = Vec::new();
+    read_tail(&mut ws, &mut lines, 2).await;
+    push_lines(&server, &labels, &["live-1", "skip this", "live-2"]).await;
+    read_tail(&mut ws, &mut lines, 4).await;
+    assert_eq!(lines, ["before-1", "before-2", "live-1", "live-2"]);
+    ws.send(Message::Close(None)).await.unwrap();
+
+    // A bad query is refused before any upgrade, as plain text.
+    let (status, body) = get_json(
+        &server,
+        "/loki/api/v1/tail",
+        &[("query", r#"{app="tailed""#.to_string())],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("parse error"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_status_and_message() {
+    let server = TestServer::start(CONFIG).await;
+    let q = |extra: &[(&str, &str)]| -> Vec<(&'static str, String)> {
+        let mut p = window();
+        for (k, v) in extra {
+            p.retain(|(pk, _)| pk != k);
+            p.push((Box::leak(k.to_string().into_boxed_str()), v.to_string()));
+        }
+        p
+    };
+    let cases: Vec<(&str, Vec<(&str, String)>, u16, &str)> = vec![
+        (
+            "/loki/api/v1/query_range",
+            q(&[("query", "{app=")]),
+            400,
+            "parse error at line 1",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            q(&[("query", "{app=\"a\"}"), ("start", "yesterday")]),
+            400,
+            "yesterday",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            q(&[("query", "rate({app=\"a\"}[1m])"), ("step", "1ms")]),
+            400,
+            "11,000 points",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            q(&[("query", "{app=\"a\"}"), ("start", "0")]),
+            400,
+            "max_query_length",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            q(&[("query", "{app=\"a\"}"), ("limit", "100000")]),
+            400,
+            "max_entries_limit_per_query",
+        ),
+        ("/loki/api/v1/nope", vec![], 404, "404 page not found"),
+    ];
+    for (path, params, want, needle) in cases {
+        let (status, body) = get_json(&server, path, &params).await;
+        assert_eq!(status, want, "{path} {params:?}: {body}");
+        assert!(body.contains(needle), "{path} {params:?}: {body}");
+    }
+    // A huge query (over the parser's cap) sent as a POST form.
+    let huge = format!("{{app=\"a\"}} |= \"{}\"", "x".repeat(200_000));
+    let mut form = window();
+    form.push(("query", huge));
+    let r = server
+        .client
+        .post(format!("{}/loki/api/v1/query_range", server.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("too long"));
+    // The server is still fine.
+    assert_eq!(server.get_text("/ready").await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_heavy_queries_leave_the_server_healthy() {
+    let server = TestServer::start(CONFIG).await;
+    let lines: Vec<String> = (0..5000)
+        .map(|i| format!(r#"{{"level":"info","i":{i},"msg":"request handled in {i}ms"}}"#))
+        .collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    push_lines(&server, &serde_json::json!({"app": "heavy"}), &refs).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = server.client.clone();
+        let url = format!("{}/loki/api/v1/query_range", server.url);
+        let mut params = window();
+        params.push((
+            "query",
+            r#"sum by (level) (rate({app="heavy"} | json | line_format "{{.msg}}" |~ ".*handled.*[0-9]+ms" [5m]))"#
+                .to_string(),
+        ));
+        params.push(("step", "1s".to_string()));
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).query(&params).send().await.unwrap();
+            r.status().as_u16()
+        }));
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(status == 200 || status == 504, "status {status}");
+    }
+    assert_eq!(server.get_text("/ready").await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lode_cli_queries_a_live_server() {
+    let server = TestServer::start(CONFIG).await;
+    push_lines(
+        &server,
+        &serde_json::json!({"app": "cli", "env": "test"}),
+        &["first line", "second line"],
+    )
+    .await;
+    let url = server.url.clone();
+    let run = move |args: Vec<&'static str>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_lode"))
+                .args(&args)
+                .args(["--addr", &url])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "lode {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        })
+    };
+    let raw = run(vec![
+        "query",
+        r#"{app="cli"}"#,
+        "--output",
+        "raw",
+        "--since",
+        "1h",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(raw, "second line\nfirst line\n");
+    let forward = run(vec![
+        "query",
+        r#"{app="cli"}"#,
+        "-o",
+        "raw",
+        "--forward",
+        "--limit",
+        "1",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(forward, "first line\n");
+    let table = run(vec![
+        "query",
+        r#"count_over_time({app="cli"}[1h])"#,
+        "--instant",
+    ])
+    .await
+    .unwrap();
+    assert!(table.starts_with(r#"{app="cli", env="test"}"#), "{table}");
+    assert!(table.trim_end().ends_with('2'), "{table}");
+    let labels = run(vec!["labels"]).await.unwrap();
+    assert_eq!(labels, "app\nenv\n");
+    let series = run(vec!["series", r#"{env="test"}"#]).await.unwrap();
+    assert_eq!(series, "{app=\"cli\", env=\"test\"}\n");
+    server.stop().await;
+}
