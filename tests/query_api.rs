@@ -333,7 +333,8 @@ async fn bad_input_gets_a_clear_status_and_message() {
         }
         p
     };
-    let cases: Vec<(&str, Vec<(&str, String)>, u16, &str)> = vec![
+    type Case = (&'static str, Vec<(&'static str, String)>, u16, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "/loki/api/v1/query_range",
             q(&[("query", "{app=")]),
