@@ -6,6 +6,7 @@
 //! container's arguments carry over. It does not own what the commands do: `config`
 //! loads the file, `server` runs it, `ruler::check` checks rule files.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -134,6 +135,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut config = LodeConfig::load(args.config_file.as_deref(), args.expand_env)?;
     config.apply_flags(args.data_dir.as_deref(), args.listen.as_deref())?;

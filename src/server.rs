@@ -213,6 +213,7 @@ pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
         storage.clone(),
     )
     .await?;
+    ingester.set_metrics(metrics.clone());
     background.push(ingester.start());
     let distributor = Arc::new(Distributor::new(
         limits.clone(),
