@@ -486,3 +486,42 @@ async fn the_lode_cli_queries_a_live_server() {
     assert_eq!(series, "{app=\"cli\", env=\"test\"}\n");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detected_fields_types_json_logfmt_and_metadata_fields() {
+    let server = TestServer::start(CONFIG).await;
+    let base = now_ns() - 5_000_000_000;
+    let body = serde_json::json!({"streams": [{
+        "stream": {"app": "mixed"},
+        "values": [
+            [base.to_string(), r#"{"status":200,"took":"15ms"}"#, {"trace_id": "a1"}],
+            [(base + 1).to_string(), r#"{"status":503,"took":"1.5s"}"#, {"trace_id": "b2"}],
+            [(base + 2).to_string(), "level=warn ratio=0.5"],
+        ]
+    }]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    let mut params = window();
+    params.push(("query", r#"{app="mixed"}"#.to_string()));
+    let (status, body) = get_json(&server, "/loki/api/v1/detected_fields", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let field = |name: &str| {
+        v["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["label"] == name)
+            .unwrap_or_else(|| panic!("{name} missing in {body}"))
+            .clone()
+    };
+    assert_eq!(
+        field("status"),
+        serde_json::json!({"label": "status", "type": "int", "cardinality": 2, "parsers": ["json"]})
+    );
+    assert_eq!(field("took")["type"], "duration");
+    assert_eq!(field("level")["parsers"], serde_json::json!(["logfmt"]));
+    assert_eq!(field("ratio")["type"], "float");
+    assert_eq!(field("trace_id")["parsers"], Value::Null);
+    assert_eq!(v["limit"], 1000);
+    server.stop().await;
+}

@@ -66,6 +66,10 @@ pub fn routes(api: QueryApi) -> Router {
             get(volume_range).post(volume_range),
         )
         .route(
+            "/loki/api/v1/detected_fields",
+            get(detected_fields).post(detected_fields),
+        )
+        .route(
             "/loki/api/v1/format_query",
             get(format_query).post(format_query),
         )
@@ -666,4 +670,137 @@ fn volume_response(api: &QueryApi, req: &Request, ranged: bool) -> Result<Respon
         "status": "success",
         "data": {"resultType": result_type, "result": result},
     })))
+}
+
+/// What `detected_fields` learned of one field.
+#[derive(Default)]
+struct FieldSeen {
+    values: std::collections::BTreeSet<String>,
+    /// `None` for structured metadata (Grafana tests for `"parsers": null`).
+    parsers: Option<std::collections::BTreeSet<&'static str>>,
+}
+
+/// Loki's field type names, from the values seen: the narrowest type all of them fit.
+fn field_type(values: &std::collections::BTreeSet<String>) -> &'static str {
+    use query_lang::syntax::units::{parse_bytes, parse_go_duration};
+    let all = |f: &dyn Fn(&str) -> bool| values.iter().all(|v| f(v));
+    if all(&|v| v.parse::<i64>().is_ok()) {
+        "int"
+    } else if all(&|v| v.parse::<f64>().is_ok()) {
+        "float"
+    } else if all(&|v| v == "true" || v == "false") {
+        "boolean"
+    } else if all(&|v| parse_go_duration(v).is_some()) {
+        "duration"
+    } else if all(&|v| parse_bytes(v).is_some()) {
+        "bytes"
+    } else {
+        "string"
+    }
+}
+
+/// Fields of the selected lines, for Grafana's field autocomplete: what `| json`, or for
+/// lines that are not JSON `| logfmt`, extracts from the newest `line_limit` lines, plus
+/// structured metadata (`"parsers": null`).
+async fn detected_fields(
+    State(api): ApiState,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use query_lang::eval::LogEntry;
+    use std::collections::BTreeMap;
+
+    let req = decode(&api, &method, headers, query, &body)?;
+    let range = params::time_range(&req.params, params::now_ns())?;
+    let text = req.params.get("query").ok_or_else(|| {
+        ApiError::bad_request("query parameter is required: send query=<log query>")
+    })?;
+    let expr = parse_query(text)?;
+    if !matches!(expr, Expr::Log(_)) {
+        return Err(ApiError::bad_request(
+            "detected_fields needs a log query, not a metric query",
+        ));
+    }
+    let positive = |name: &str, default: usize| -> Result<usize, ApiError> {
+        match req.params.get(name) {
+            None => Ok(default),
+            Some(s) => s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ApiError::bad_request(format!("invalid {name} {s:?}: expected a positive integer"))
+            }),
+        }
+    };
+    let line_limit = positive("line_limit", 100)?;
+    let field_limit = match req.params.get("field_limit") {
+        Some(_) => positive("field_limit", 1000)?,
+        None => positive("limit", 1000)?,
+    };
+    let mut fields: BTreeMap<String, FieldSeen> = BTreeMap::new();
+    let mut json_lines = std::collections::HashSet::new();
+    for parser in ["json", "logfmt"] {
+        let expr = parse_query(&format!("{expr} | {parser}"))?;
+        let mut p = QueryParams::range(
+            range.start,
+            range.end,
+            params::default_step(range.start, range.end),
+        );
+        p.limit = line_limit;
+        p.categorize_labels = true;
+        let (result, _) = api.querier.query(&req.tenant, expr, p).await?;
+        let QueryResult::Streams { streams, .. } = result else {
+            continue;
+        };
+        let entries = streams.iter().flat_map(|s| &s.entries);
+        for LogEntry {
+            timestamp_ns,
+            line,
+            categorized,
+        } in entries
+        {
+            let Some(labels) = categorized else { continue };
+            let key = (*timestamp_ns, line.clone());
+            if parser == "logfmt" && json_lines.contains(&key) {
+                continue;
+            }
+            let failed = labels.parsed.iter().any(|(k, _)| k == "__error__");
+            if parser == "json" && !failed {
+                json_lines.insert(key);
+            }
+            if parser == "json" {
+                for (k, v) in labels.structured_metadata.iter() {
+                    fields
+                        .entry(k.to_string())
+                        .or_default()
+                        .values
+                        .insert(v.to_string());
+                }
+            }
+            if failed {
+                continue;
+            }
+            for (k, v) in labels.parsed.iter() {
+                let seen = fields.entry(k.to_string()).or_default();
+                seen.values.insert(v.to_string());
+                seen.parsers
+                    .get_or_insert_with(Default::default)
+                    .insert(parser);
+            }
+        }
+    }
+    let detected: Vec<serde_json::Value> = fields
+        .iter()
+        .take(field_limit)
+        .map(|(label, seen)| {
+            serde_json::json!({
+                "label": label,
+                "type": field_type(&seen.values),
+                "cardinality": seen.values.len(),
+                "parsers": seen.parsers,
+            })
+        })
+        .collect();
+    Ok(json_response(
+        &serde_json::json!({"fields": detected, "limit": field_limit}),
+    ))
 }
