@@ -48,7 +48,8 @@ pub struct QueryParams {
     /// Log queries: key streams by stream labels and report structured metadata and
     /// parsed labels per entry (`X-Loki-Response-Encoding-Flags: categorize-labels`).
     pub categorize_labels: bool,
-    /// `max_query_series`: most series a metric result may have at one step.
+    /// `max_query_series`: most series one step of a metric range query may have
+    /// (instant queries are not limited, as in Loki).
     pub max_series: usize,
     /// Most steps a range query may evaluate.
     pub max_points: usize,
@@ -144,6 +145,25 @@ pub fn eval(
     }
 }
 
+/// Loki's query frontend aligns metric range queries to the step: the start is rounded
+/// down and the end rounded up to a multiple of the step (since the Unix epoch), so a
+/// 7m step over a 1h range evaluates 9 points, the last one after `end`.
+fn align_to_step(params: &QueryParams) -> QueryParams {
+    let step = params.step_ns;
+    let start_ns = params.start_ns - params.start_ns.rem_euclid(step);
+    let rem = params.end_ns.rem_euclid(step);
+    let end_ns = if rem == 0 {
+        params.end_ns
+    } else {
+        params.end_ns.saturating_add(step - rem)
+    };
+    QueryParams {
+        start_ns,
+        end_ns,
+        ..params.clone()
+    }
+}
+
 fn contains_sort(e: &MetricExpr) -> bool {
     match e {
         MetricExpr::VectorAggregation(v) => {
@@ -183,6 +203,13 @@ fn eval_metric(
             });
         }
     }
+    let aligned;
+    let params = if instant {
+        params
+    } else {
+        aligned = align_to_step(params);
+        &aligned
+    };
     let grid = range::StepGrid::new(params);
     let ctx = range::Ctx {
         source,
@@ -201,15 +228,20 @@ fn eval_metric(
         }
         vector::Value::Vector(m) => m,
     };
-    let mut per_step = vec![0usize; grid.len()];
-    for s in &matrix.series {
-        for (step, _) in &s.points {
-            if let Some(c) = per_step.get_mut(*step as usize) {
-                *c += 1;
-                if *c > params.max_series {
-                    return Err(EvalError::MaxSeries {
-                        limit: params.max_series,
-                    });
+    // Loki 3.7 limits the series of each step of a range query (707 series over the range
+    // pass if no step has more than 500) and does not limit instant queries: an instant
+    // `quantile_over_time` without grouping returns one series per line.
+    if !instant {
+        let mut per_step = vec![0usize; grid.len()];
+        for s in &matrix.series {
+            for (step, _) in &s.points {
+                if let Some(c) = per_step.get_mut(*step as usize) {
+                    *c += 1;
+                    if *c > params.max_series {
+                        return Err(EvalError::MaxSeries {
+                            limit: params.max_series,
+                        });
+                    }
                 }
             }
         }
