@@ -198,8 +198,22 @@ fn stage() -> impl Strategy<Value = Stage> {
     ]
 }
 
+/// `| keep a != "x"` reads as the matcher `a != "x"` (Loki's parser shifts), so a
+/// `drop`/`keep` list ending in a bare name followed by a `!=`/`!~` line filter has no
+/// spelling of its own: a known printer limitation (docs/logql.md), left out here.
+fn unprintable(pipeline: &[Stage]) -> bool {
+    pipeline.windows(2).any(|w| match w {
+        [Stage::Drop(list) | Stage::Keep(list), Stage::LineFilter(f)] => {
+            matches!(list.last(), Some(NamedMatcher::Name(_)))
+                && matches!(f.op, LineFilterOp::NotContains | LineFilterOp::NotMatch)
+        }
+        _ => false,
+    })
+}
+
 fn selector() -> impl Strategy<Value = LogSelector> {
     (matchers(), prop::collection::vec(stage(), 0..4))
+        .prop_filter("has a spelling", |(_, pipeline)| !unprintable(pipeline))
         .prop_map(|(matchers, pipeline)| LogSelector { matchers, pipeline })
 }
 
