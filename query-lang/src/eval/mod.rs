@@ -282,3 +282,61 @@ fn eval_metric(
     series.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(QueryResult::Matrix(series))
 }
+
+#[cfg(test)]
+mod tests {
+    use lode_push::{Entry, LabelSet};
+
+    use super::*;
+    use crate::parse_expr;
+
+    const MIN: i64 = 60_000_000_000;
+
+    /// One line a minute for an hour in each of `pods`.
+    fn source(pods: &[&str]) -> InMemorySource {
+        let mut src = InMemorySource::new();
+        for pod in pods {
+            let labels = LabelSet::from_pairs([("app", "x"), ("pod", *pod)]).unwrap();
+            src.push(
+                labels,
+                (0..60).map(|i| Entry {
+                    timestamp_ns: i * MIN + 1,
+                    line: "l".to_owned(),
+                    structured_metadata: vec![],
+                }),
+            );
+        }
+        src
+    }
+
+    #[test]
+    fn range_queries_are_aligned_to_the_step_like_lokis_frontend() {
+        let expr = parse_expr(r#"sum(count_over_time({app="x"}[7m]))"#).unwrap();
+        let params = QueryParams::range(MIN / 2, 60 * MIN, 7 * MIN);
+        let QueryResult::Matrix(series) = eval(&expr, &params, &source(&["a"])).unwrap() else {
+            panic!("not a matrix");
+        };
+        let stamps: Vec<i64> = series[0].points.iter().map(|p| p.timestamp_ms).collect();
+        // Start rounded down to 0, end rounded up to 63m: 0m has no data, so 7m..63m.
+        let want: Vec<i64> = (1..=9).map(|k| k * 7 * MIN / 1_000_000).collect();
+        assert_eq!(stamps, want);
+    }
+
+    #[test]
+    fn series_limit_applies_per_step_of_range_queries_but_not_to_instant_ones() {
+        let expr = parse_expr(r#"count_over_time({app="x"}[5m])"#).unwrap();
+        let src = source(&["a", "b"]);
+        let mut range = QueryParams::range(10 * MIN, 20 * MIN, MIN);
+        range.max_series = 1;
+        assert_eq!(
+            eval(&expr, &range, &src),
+            Err(EvalError::MaxSeries { limit: 1 })
+        );
+        let mut instant = QueryParams::instant(20 * MIN);
+        instant.max_series = 1;
+        let QueryResult::Vector(v) = eval(&expr, &instant, &src).unwrap() else {
+            panic!("not a vector");
+        };
+        assert_eq!(v.len(), 2);
+    }
+}
