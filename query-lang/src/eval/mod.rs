@@ -48,7 +48,8 @@ pub struct QueryParams {
     /// Log queries: key streams by stream labels and report structured metadata and
     /// parsed labels per entry (`X-Loki-Response-Encoding-Flags: categorize-labels`).
     pub categorize_labels: bool,
-    /// `max_query_series`: most series a metric result may have at one step.
+    /// `max_query_series`: most series one step of a metric range query may have
+    /// (instant queries are not limited, as in Loki).
     pub max_series: usize,
     /// Most steps a range query may evaluate.
     pub max_points: usize,
@@ -144,6 +145,25 @@ pub fn eval(
     }
 }
 
+/// Loki's query frontend aligns metric range queries to the step: the start is rounded
+/// down and the end rounded up to a multiple of the step (since the Unix epoch), so a
+/// 7m step over a 1h range evaluates 9 points, the last one after `end`.
+fn align_to_step(params: &QueryParams) -> QueryParams {
+    let step = params.step_ns;
+    let start_ns = params.start_ns - params.start_ns.rem_euclid(step);
+    let rem = params.end_ns.rem_euclid(step);
+    let end_ns = if rem == 0 {
+        params.end_ns
+    } else {
+        params.end_ns.saturating_add(step - rem)
+    };
+    QueryParams {
+        start_ns,
+        end_ns,
+        ..params.clone()
+    }
+}
+
 fn contains_sort(e: &MetricExpr) -> bool {
     match e {
         MetricExpr::VectorAggregation(v) => {
@@ -183,6 +203,13 @@ fn eval_metric(
             });
         }
     }
+    let aligned;
+    let params = if instant {
+        params
+    } else {
+        aligned = align_to_step(params);
+        &aligned
+    };
     let grid = range::StepGrid::new(params);
     let ctx = range::Ctx {
         source,
@@ -201,15 +228,20 @@ fn eval_metric(
         }
         vector::Value::Vector(m) => m,
     };
-    let mut per_step = vec![0usize; grid.len()];
-    for s in &matrix.series {
-        for (step, _) in &s.points {
-            if let Some(c) = per_step.get_mut(*step as usize) {
-                *c += 1;
-                if *c > params.max_series {
-                    return Err(EvalError::MaxSeries {
-                        limit: params.max_series,
-                    });
+    // Loki 3.7 limits the series of each step of a range query (707 series over the range
+    // pass if no step has more than 500) and does not limit instant queries: an instant
+    // `quantile_over_time` without grouping returns one series per line.
+    if !instant {
+        let mut per_step = vec![0usize; grid.len()];
+        for s in &matrix.series {
+            for (step, _) in &s.points {
+                if let Some(c) = per_step.get_mut(*step as usize) {
+                    *c += 1;
+                    if *c > params.max_series {
+                        return Err(EvalError::MaxSeries {
+                            limit: params.max_series,
+                        });
+                    }
                 }
             }
         }
@@ -249,4 +281,62 @@ fn eval_metric(
         .collect();
     series.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(QueryResult::Matrix(series))
+}
+
+#[cfg(test)]
+mod tests {
+    use lode_push::{Entry, LabelSet};
+
+    use super::*;
+    use crate::parse_expr;
+
+    const MIN: i64 = 60_000_000_000;
+
+    /// One line a minute for an hour in each of `pods`.
+    fn source(pods: &[&str]) -> InMemorySource {
+        let mut src = InMemorySource::new();
+        for pod in pods {
+            let labels = LabelSet::from_pairs([("app", "x"), ("pod", *pod)]).unwrap();
+            src.push(
+                labels,
+                (0..60).map(|i| Entry {
+                    timestamp_ns: i * MIN + 1,
+                    line: "l".to_owned(),
+                    structured_metadata: vec![],
+                }),
+            );
+        }
+        src
+    }
+
+    #[test]
+    fn range_queries_are_aligned_to_the_step_like_lokis_frontend() {
+        let expr = parse_expr(r#"sum(count_over_time({app="x"}[7m]))"#).unwrap();
+        let params = QueryParams::range(MIN / 2, 60 * MIN, 7 * MIN);
+        let QueryResult::Matrix(series) = eval(&expr, &params, &source(&["a"])).unwrap() else {
+            panic!("not a matrix");
+        };
+        let stamps: Vec<i64> = series[0].points.iter().map(|p| p.timestamp_ms).collect();
+        // Start rounded down to 0, end rounded up to 63m: 0m has no data, so 7m..63m.
+        let want: Vec<i64> = (1..=9).map(|k| k * 7 * MIN / 1_000_000).collect();
+        assert_eq!(stamps, want);
+    }
+
+    #[test]
+    fn series_limit_applies_per_step_of_range_queries_but_not_to_instant_ones() {
+        let expr = parse_expr(r#"count_over_time({app="x"}[5m])"#).unwrap();
+        let src = source(&["a", "b"]);
+        let mut range = QueryParams::range(10 * MIN, 20 * MIN, MIN);
+        range.max_series = 1;
+        assert_eq!(
+            eval(&expr, &range, &src),
+            Err(EvalError::MaxSeries { limit: 1 })
+        );
+        let mut instant = QueryParams::instant(20 * MIN);
+        instant.max_series = 1;
+        let QueryResult::Vector(v) = eval(&expr, &instant, &src).unwrap() else {
+            panic!("not a vector");
+        };
+        assert_eq!(v.len(), 2);
+    }
 }

@@ -2,8 +2,8 @@
 //!
 //! Owns evaluating a compiled label-filter tree against a line's labels with Loki's
 //! rules: string matchers see a missing label as `""`; typed predicates drop lines
-//! lacking the label, pass lines that already carry an error, and keep a line whose
-//! value does not convert while marking it `LabelFilterErr`.
+//! lacking the label (error or not) and keep a line whose value does not convert while
+//! marking it `LabelFilterErr`; `ip()` predicates pass lines that already carry an error.
 
 use super::conversion::{parse_bytes, parse_duration_seconds, parse_float};
 use super::ip::{IpPattern, IpPatternError};
@@ -107,9 +107,8 @@ impl LabelFilter {
                 kind,
                 value,
             } => {
-                if lb.has_error() {
-                    return true;
-                }
+                // Loki 3.7 drops a line lacking the label even when a parser already
+                // marked it with `__error__` (a truncated JSON line has no `status`).
                 let Some(raw) = lb.get(name) else {
                     return false;
                 };
@@ -200,6 +199,17 @@ mod tests {
             run(&f, &[("latency", "abc")]),
             (true, Some(LABEL_FILTER_ERR.to_owned()))
         );
+    }
+
+    #[test]
+    fn typed_filter_drops_a_parser_error_line_that_lacks_the_label() {
+        let f = num("status", CmpOp::Gte, 500.0);
+        let s = LabelSet::from_pairs([("app", "x")]).unwrap();
+        let mut lb = LabelsBuilder::new(&s);
+        lb.set_error_if_none("JSONParserErr", "truncated".to_owned());
+        assert!(!LabelFilter::new(&f).unwrap().keep(&mut lb));
+        lb.add_extracted("status", "502");
+        assert!(LabelFilter::new(&f).unwrap().keep(&mut lb));
     }
 
     #[test]

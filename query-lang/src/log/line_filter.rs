@@ -104,7 +104,7 @@ impl LineMatcher {
 
 // Go's regexp error wording for the mistakes users make most, so messages read like
 // Loki's (`missing closing ): ...`).
-fn go_regex_reason(e: &regex_syntax::Error) -> String {
+pub(crate) fn go_regex_reason(e: &regex_syntax::Error) -> String {
     let text = e.to_string();
     if text.contains("unclosed group") {
         "missing closing )".to_owned()

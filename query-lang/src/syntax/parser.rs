@@ -18,6 +18,7 @@ use regex::Regex;
 use super::ast::*;
 use super::lexer::{tokenize, Flag, Keyword, Sym, Tok, Token, MAX_QUERY_BYTES};
 use super::pattern::{validate_filter_pattern, validate_parser_pattern};
+use crate::log::line_filter::go_regex_reason;
 use crate::{MatchOp, Matcher};
 
 /// Why a query was rejected. Displays exactly like Loki's errors:
@@ -170,7 +171,8 @@ impl Parser<'_> {
         let (what, offset) = match self.tokens.get(self.pos) {
             Some(t) => (t.kind.describe(), t.start),
             None => {
-                let end = self.tokens.last().map_or(0, |t| t.end.saturating_sub(1));
+                // Loki reports `$end` one past the last character of the last token.
+                let end = self.tokens.last().map_or(0, |t| t.end);
                 ("$end".to_string(), end)
             }
         };
@@ -514,7 +516,7 @@ impl Parser<'_> {
             let range = self.expect_range()?;
             let offset = self.offset()?;
             let unwrap = if pipeline.is_empty() && unwrap.is_none() && self.at_unwrap() {
-                self.pos += 1;
+                self.pos += 2;
                 Some(self.unwrap()?)
             } else {
                 unwrap
@@ -1156,13 +1158,17 @@ fn validate_line_filter(filter: &LineFilter) -> Parsed<()> {
                 )))
             }
             (LineFilterOp::Match | LineFilterOp::NotMatch, LineFilterValue::Literal(re)) => {
-                Regex::new(re).map_err(|e| {
-                    ParseError::invalid(format!(
-                        "stage '{}' : error parsing regexp: {}",
-                        stage(),
-                        regex_reason(&e)
-                    ))
-                })?;
+                let go_style = regex_syntax::Parser::new()
+                    .parse(re)
+                    .map_err(|e| format!("{}: `{re}`", go_regex_reason(&e)));
+                go_style
+                    .and_then(|_| Regex::new(re).map_err(|e| regex_reason(&e)))
+                    .map_err(|reason| {
+                        ParseError::invalid(format!(
+                            "stage '{}' : error parsing regexp: {reason}",
+                            stage()
+                        ))
+                    })?;
             }
             (LineFilterOp::Pattern | LineFilterOp::NotPattern, LineFilterValue::Literal(p)) => {
                 validate_filter_pattern(p)

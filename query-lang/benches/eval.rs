@@ -1,0 +1,161 @@
+//! Hot paths of the query engine: a line filter, the `json` and `logfmt` parsers (each
+//! through a compiled pipeline, per line), and a whole metric range query evaluated over
+//! in-memory streams. Run with `cargo bench -p query-lang --bench eval`; numbers go to
+//! `docs/benchmarks.md`.
+
+#![allow(clippy::unwrap_used)] // bench setup: a panic is the failure report
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lode_push::{Entry, LabelSet};
+use query_lang::eval::{eval, InMemorySource, QueryParams};
+use query_lang::log::{LabelsBuilder, Pipeline};
+use query_lang::{parse_expr, Expr};
+
+const LINES: usize = 10_000;
+const START_NS: i64 = 1_767_225_600_000_000_000;
+const HOUR_NS: i64 = 3_600_000_000_000;
+
+const LEVELS: [&str; 4] = ["info", "debug", "warn", "error"];
+const PATHS: [&str; 3] = ["/api/tasks", "/api/users", "/healthz"];
+
+fn json_line(i: usize) -> String {
+    format!(
+        r#"{{"level":"{}","msg":"request {}","taskId":"task-{:03}","status":{},"latency_ms":{},"http":{{"method":"GET","path":"{}"}}}}"#,
+        LEVELS[i % 4],
+        if i % 17 == 0 {
+            "failed: upstream timeout"
+        } else {
+            "completed"
+        },
+        i % 60,
+        200 + (i % 5) * 100,
+        (i * 37) % 4000,
+        PATHS[i % 3],
+    )
+}
+
+fn logfmt_line(i: usize) -> String {
+    format!(
+        r#"level={} method=GET path={} status={} duration={}ms client_ip=10.0.{}.{} msg="request {}""#,
+        LEVELS[i % 4],
+        PATHS[i % 3],
+        200 + (i % 5) * 100,
+        (i * 37) % 4000,
+        i % 4,
+        i % 250,
+        if i % 17 == 0 { "timed out" } else { "served" },
+    )
+}
+
+fn pipeline(query: &str) -> Pipeline {
+    match parse_expr(query).unwrap() {
+        Expr::Log(sel) => Pipeline::new(&sel.pipeline).unwrap(),
+        Expr::Metric(_) => panic!("{query} is not a log query"),
+    }
+}
+
+fn bench_pipeline(c: &mut Criterion, name: &str, query: &str, lines: &[String]) {
+    let stream = LabelSet::from_pairs([("app", "bench")]).unwrap();
+    let p = pipeline(query);
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let mut lb = LabelsBuilder::new(&stream);
+            let mut kept = 0usize;
+            for (i, line) in lines.iter().enumerate() {
+                lb.reset(&[]);
+                if p.process(i as i64, line, &mut lb).is_some() {
+                    kept += 1;
+                }
+            }
+            black_box(kept)
+        })
+    });
+    group.finish();
+}
+
+fn pipelines(c: &mut Criterion) {
+    let json: Vec<String> = (0..LINES).map(json_line).collect();
+    let logfmt: Vec<String> = (0..LINES).map(logfmt_line).collect();
+    bench_pipeline(
+        c,
+        "line_filter_contains",
+        r#"{app="bench"} |= "timeout""#,
+        &json,
+    );
+    bench_pipeline(
+        c,
+        "line_filter_regex",
+        r#"{app="bench"} |~ "status\":5[0-9]{2}""#,
+        &json,
+    );
+    bench_pipeline(c, "json", r#"{app="bench"} | json"#, &json);
+    bench_pipeline(
+        c,
+        "json_filter",
+        r#"{app="bench"} | json | status >= 500"#,
+        &json,
+    );
+    bench_pipeline(c, "logfmt", r#"{app="bench"} | logfmt"#, &logfmt);
+    bench_pipeline(
+        c,
+        "logfmt_filter",
+        r#"{app="bench"} | logfmt | duration > 2s"#,
+        &logfmt,
+    );
+}
+
+/// Four streams of `LINES` JSON lines each, spread over one hour.
+fn source() -> InMemorySource {
+    let mut src = InMemorySource::new();
+    for pod in ["a", "b", "c", "d"] {
+        let labels = LabelSet::from_pairs([("app", "api"), ("pod", pod)]).unwrap();
+        let step = HOUR_NS / LINES as i64;
+        src.push(
+            labels,
+            (0..LINES).map(|i| Entry {
+                timestamp_ns: START_NS + i as i64 * step,
+                line: json_line(i),
+                structured_metadata: vec![],
+            }),
+        );
+    }
+    src
+}
+
+fn metric_queries(c: &mut Criterion) {
+    let src = source();
+    let params = QueryParams::range(START_NS, START_NS + HOUR_NS, 60_000_000_000);
+    let mut group = c.benchmark_group("metric");
+    group.throughput(Throughput::Elements(4 * LINES as u64));
+    for (name, query) in [
+        (
+            "count_over_time_filter",
+            r#"sum(count_over_time({app="api"} |= "timeout" [5m]))"#,
+        ),
+        (
+            "json_count_by_level",
+            r#"sum by (level) (count_over_time({app="api"} | json [5m]))"#,
+        ),
+        (
+            "json_unwrap_quantile",
+            r#"quantile_over_time(0.99, {app="api"} | json | unwrap latency_ms [5m]) by (pod)"#,
+        ),
+    ] {
+        let expr = parse_expr(query).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(eval(&expr, &params, &src).unwrap()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = pipelines, metric_queries
+}
+criterion_main!(benches);
