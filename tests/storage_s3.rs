@@ -44,9 +44,8 @@ fn start_moto() -> Moto {
          (pip install 'moto[server]') as CI does"
     );
     let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+        .and_then(|l| l.local_addr())
+        .expect("pick a free loopback port")
         .port();
     let child = Command::new("python3")
         .args([
