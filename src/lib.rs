@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod chunk;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod distributor;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod querier;
 pub mod retention;
 pub mod ruler;
+pub mod server;
 pub mod storage;
 pub mod tenant;
 pub mod wal;

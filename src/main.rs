@@ -1,5 +1,117 @@
 //! The `lode` binary: `lode serve` runs every component in one process.
+//!
+//! Owns the command line (clap): `lode serve [--config.file F | --config F]
+//! [--config.expand-env] [--data-dir DIR] [--listen ADDR:PORT]` and `lode rules check
+//! FILES`. Loki's single-dash spelling (`-config.file=F`) is accepted too, so a Loki
+//! container's arguments carry over. It does not own what the commands do: `config`
+//! loads the file, `server` runs it, `ruler::check` checks rule files.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("lode: the server is not wired yet")
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use lode::config::LodeConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lode",
+    version,
+    about = "Log aggregation and query service that speaks Grafana Loki's protocols"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: push, query, ruler and retention in one process.
+    Serve(ServeArgs),
+    /// Work with rule files.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// YAML configuration file (Loki's section and key names); embedded defaults without it.
+    #[arg(long = "config.file", visible_alias = "config", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Replace ${VAR} and ${VAR:-default} in the configuration file with environment values.
+    #[arg(long = "config.expand-env")]
+    expand_env: bool,
+    /// Data directory (overrides common.path_prefix): WAL in DIR/wal, segments in DIR/chunks.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen address (overrides server.http_listen_address and http_listen_port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Check rule files as the ruler would load them; exit 1 on any problem.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Rewrites Loki's `-config.file=x` style into clap's `--config.file=x`.
+fn loki_style_args() -> Vec<String> {
+    std::env::args()
+        .map(|a| {
+            if a.starts_with("-config.") {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(loki_style_args());
+    match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lode: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Rules(RulesCommand::Check { files }) => {
+            match lode::ruler::check::check_files(&files) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(failure) => {
+                    eprint!("{failure}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = LodeConfig::load(args.config_file.as_deref(), args.expand_env)?;
+    config.apply_flags(args.data_dir.as_deref(), args.listen.as_deref())?;
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(lode::server::run(config))?;
+    Ok(())
 }

@@ -90,8 +90,14 @@ pub struct DistributorMetrics {
 impl DistributorMetrics {
     /// Counts `lines` entries of `bytes` line bytes as discarded for `reason`.
     pub fn discard(&self, reason: DiscardReason, tenant: &str, lines: u64, bytes: u64) {
+        self.discard_named(reason.as_str(), tenant, lines, bytes);
+    }
+
+    /// Like [`DistributorMetrics::discard`] for a reason named elsewhere (the ingester's
+    /// `Rejected::reason`, e.g. `too_far_behind`).
+    pub fn discard_named(&self, reason: &'static str, tenant: &str, lines: u64, bytes: u64) {
         let labels = DiscardLabels {
-            reason: reason.as_str(),
+            reason,
             tenant: tenant.to_string(),
         };
         self.discarded_samples.get_or_create(&labels).inc_by(lines);

@@ -1,0 +1,223 @@
+//! Ingest-time discovery of `service_name` and `detected_level`, as Loki does them.
+//!
+//! Owns adding the `service_name` label to a stream that lacks it (from the first of
+//! `limits_config.discover_service_name` it has, else `unknown_service`) and the
+//! `detected_level` structured metadata to an entry that lacks it (from a level label or
+//! metadata, a JSON or logfmt `level` field, or a level word near the start of the line).
+//! Grafana's logs volume and Logs Drilldown group by these. It does not own whether they
+//! run: the distributor asks per tenant (`discover_service_name` empty or
+//! `discover_log_levels: false` turn them off).
+
+use lode_push::{Entry, LabelSet};
+
+/// The label every stream gets when discovery is on.
+pub const SERVICE_NAME: &str = "service_name";
+/// The structured metadata entries get when level discovery is on.
+pub const DETECTED_LEVEL: &str = "detected_level";
+/// Label and field names read as a level, in order of preference.
+const LEVEL_KEYS: [&str; 4] = ["level", "lvl", "severity", "loglevel"];
+/// How far into a line level words are looked for.
+const SNIFF_BYTES: usize = 1024;
+
+/// `labels` with `service_name` added when it is missing and `sources` is not empty.
+pub fn with_service_name(labels: LabelSet, sources: &[String]) -> LabelSet {
+    if sources.is_empty() || labels.get(SERVICE_NAME).is_some() {
+        return labels;
+    }
+    let value = sources
+        .iter()
+        .find_map(|name| labels.get(name).filter(|v| !v.is_empty()))
+        .unwrap_or("unknown_service")
+        .to_string();
+    let mut pairs = labels.pairs().to_vec();
+    pairs.push((SERVICE_NAME.to_string(), value));
+    LabelSet::from_pairs(pairs).unwrap_or(labels)
+}
+
+/// Adds `detected_level` to `entry` unless it already has one.
+pub fn add_detected_level(labels: &LabelSet, entry: &mut Entry) {
+    if entry
+        .structured_metadata
+        .iter()
+        .any(|(k, _)| k == DETECTED_LEVEL)
+    {
+        return;
+    }
+    let from_label = LEVEL_KEYS.iter().find_map(|k| labels.get(k));
+    let from_metadata = || {
+        entry.structured_metadata.iter().find_map(|(k, v)| {
+            LEVEL_KEYS
+                .iter()
+                .any(|l| k.eq_ignore_ascii_case(l))
+                .then_some(v.as_str())
+        })
+    };
+    let level = match from_label.or_else(from_metadata) {
+        Some(v) => normalize(v),
+        None => detect_from_line(&entry.line),
+    };
+    entry
+        .structured_metadata
+        .push((DETECTED_LEVEL.to_string(), level.to_string()));
+}
+
+/// Maps a level as written to one of Loki's: trace, debug, info, warn, error, critical,
+/// fatal, unknown.
+pub fn normalize(value: &str) -> &'static str {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "trace" | "trc" => "trace",
+        "debug" | "dbg" => "debug",
+        "info" | "inf" | "information" | "informational" | "notice" => "info",
+        "warn" | "warning" | "wrn" => "warn",
+        "error" | "err" | "eror" => "error",
+        "critical" | "crit" => "critical",
+        "fatal" | "panic" | "emerg" | "emergency" | "alert" => "fatal",
+        _ => "unknown",
+    }
+}
+
+/// A `level` field (JSON or logfmt) or else the most severe level word near the start.
+pub fn detect_from_line(line: &str) -> &'static str {
+    let head = head(line);
+    for key in LEVEL_KEYS {
+        if let Some(v) = field(head, key) {
+            return normalize(v);
+        }
+    }
+    let mut best: Option<(u8, &'static str)> = None;
+    for word in head.split(|c: char| !c.is_ascii_alphabetic()) {
+        if word.len() < 3 || word.len() > 8 {
+            continue;
+        }
+        let level = normalize(word);
+        let rank = match level {
+            "fatal" => 6,
+            "critical" => 5,
+            "error" => 4,
+            "warn" => 3,
+            "info" => 2,
+            "debug" => 1,
+            "trace" => 0,
+            _ => continue,
+        };
+        // `inf`/`err` and friends are too common inside words to trust alone.
+        if word.len() == 3 && !word.chars().all(|c| c.is_ascii_uppercase()) {
+            continue;
+        }
+        if best.is_none_or(|(r, _)| rank > r) {
+            best = Some((rank, level));
+        }
+    }
+    best.map_or("unknown", |(_, l)| l)
+}
+
+fn head(line: &str) -> &str {
+    if line.len() <= SNIFF_BYTES {
+        return line;
+    }
+    let mut end = SNIFF_BYTES;
+    while end > 0 && !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line.get(..end).unwrap_or("")
+}
+
+/// The value of `key` written as `key=value`, `key="value"` or `"key": "value"`.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = text.get(from..)?.find(key) {
+        let start = from + pos;
+        let end = start + key.len();
+        from = end;
+        let quoted_key = start > 0 && bytes.get(start - 1) == Some(&b'"');
+        let boundary = start == 0
+            || quoted_key
+            || bytes
+                .get(start - 1)
+                .is_some_and(|b| b.is_ascii_whitespace() || *b == b',' || *b == b'{');
+        if !boundary {
+            continue;
+        }
+        let mut rest = text.get(end..)?;
+        if quoted_key {
+            rest = rest.strip_prefix('"')?.trim_start().strip_prefix(':')?;
+        } else if let Some(r) = rest.strip_prefix('=') {
+            rest = r;
+        } else {
+            continue;
+        }
+        let rest = rest.trim_start();
+        let value = match rest.strip_prefix('"') {
+            Some(r) => r.split('"').next()?,
+            None => rest
+                .split(|c: char| c.is_whitespace() || c == ',' || c == '}')
+                .next()?,
+        };
+        if !value.is_empty() {
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(s: &str) -> LabelSet {
+        LabelSet::parse(s).unwrap()
+    }
+
+    fn level_of(line: &str) -> String {
+        let mut e = Entry {
+            timestamp_ns: 0,
+            line: line.into(),
+            structured_metadata: vec![],
+        };
+        add_detected_level(&labels(r#"{app="a"}"#), &mut e);
+        e.structured_metadata[0].1.clone()
+    }
+
+    #[test]
+    fn service_name_comes_from_the_first_known_label() {
+        let sources: Vec<String> = ["service", "app", "container"].map(String::from).into();
+        let l = with_service_name(labels(r#"{container="c",app="web"}"#), &sources);
+        assert_eq!(l.get("service_name"), Some("web"));
+        let l = with_service_name(labels(r#"{pod="p"}"#), &sources);
+        assert_eq!(l.get("service_name"), Some("unknown_service"));
+        let l = with_service_name(labels(r#"{service_name="x",app="y"}"#), &sources);
+        assert_eq!(l.get("service_name"), Some("x"));
+        let l = with_service_name(labels(r#"{app="y"}"#), &[]);
+        assert_eq!(l.get("service_name"), None);
+    }
+
+    #[test]
+    fn levels_are_found_in_json_logfmt_and_words() {
+        assert_eq!(level_of(r#"{"ts":1,"level":"WARNING","msg":"x"}"#), "warn");
+        assert_eq!(level_of(r#"{"severity": "err"}"#), "error");
+        assert_eq!(level_of("ts=1 level=debug msg=\"a level=error\""), "debug");
+        assert_eq!(level_of("2024-01-01 ERROR failed to connect"), "error");
+        assert_eq!(level_of("[INFO] started; no problems"), "info");
+        assert_eq!(level_of("GET /index.html 200"), "unknown");
+        assert_eq!(level_of("information about interface"), "unknown");
+    }
+
+    #[test]
+    fn an_existing_level_label_or_detected_level_wins() {
+        let mut e = Entry {
+            timestamp_ns: 0,
+            line: "ERROR boom".into(),
+            structured_metadata: vec![],
+        };
+        add_detected_level(&labels(r#"{level="info"}"#), &mut e);
+        assert_eq!(e.structured_metadata[0].1, "info");
+        let mut e = Entry {
+            timestamp_ns: 0,
+            line: "ERROR boom".into(),
+            structured_metadata: vec![("detected_level".into(), "debug".into())],
+        };
+        add_detected_level(&labels(r#"{a="b"}"#), &mut e);
+        assert_eq!(e.structured_metadata.len(), 1);
+    }
+}

@@ -1,0 +1,299 @@
+//! The server process: builds every component from a [`LodeConfig`], serves HTTP, and
+//! shuts down gracefully.
+//!
+//! Owns the lifecycle: create the data directories, open storage (loading segment footers
+//! into the index), open the ingester (replaying the WAL), start the flush loop and the
+//! runtime-config reloader, bind the listener (port 0 picks a free one), serve the router
+//! of `crate::api`; on SIGTERM/SIGINT or [`RunningServer::shutdown`]: stop accepting, let
+//! in-flight requests finish (up to `server.graceful_shutdown_timeout`), flush every head
+//! to a segment and checkpoint the WAL. [`AppState`] is what every handler sees.
+//!
+//! It does not own any component's behaviour, only their wiring and order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::SystemClock;
+use crate::config::{ConfigError, LodeConfig};
+use crate::distributor::Distributor;
+use crate::ingester::{self, Ingester};
+use crate::limits::{self, Limits};
+use crate::metrics::Metrics;
+use crate::querier::Querier;
+use crate::storage::{self, Storage};
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create data directory {path}: {source} (common.path_prefix or --data-dir)")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] storage::Error),
+    #[error("ingester: {0}")]
+    Ingester(#[from] ingester::Error),
+    #[error("cannot load runtime_config.file: {0}")]
+    Limits(#[from] limits::Error),
+    #[error("cannot listen on {addr}: {source} (server.http_listen_address / http_listen_port, or --listen)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("http server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A one-way "stop now" signal shared by every task of the server.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Resolves once [`Shutdown::trigger`] has been called.
+    pub async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        // An error means the sender is gone, which only happens when everything is.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// What every handler sees; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<LodeConfig>,
+    pub limits: Arc<Limits>,
+    pub ingester: Arc<Ingester>,
+    pub storage: Arc<Storage>,
+    pub metrics: Arc<Metrics>,
+    pub distributor: Arc<Distributor>,
+    pub querier: Arc<Querier>,
+    pub shutdown: Shutdown,
+}
+
+/// A started server: its bound address and state, and the handle to stop it.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    state: AppState,
+    serve: Option<JoinHandle<std::io::Result<()>>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The address the listener is bound to (the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Resolves when the HTTP server stops (after a shutdown was triggered) or fails.
+    async fn serve_finished(&mut self) -> Result<(), Error> {
+        match self.serve.as_mut() {
+            Some(handle) => {
+                let result = handle.await;
+                self.serve = None;
+                match result {
+                    Ok(r) => r.map_err(Error::Serve),
+                    Err(e) => Err(Error::Serve(std::io::Error::other(e.to_string()))),
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Stops accepting, drains in-flight requests (up to
+    /// `server.graceful_shutdown_timeout`), flushes every head and checkpoints the WAL.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.state.shutdown.trigger();
+        let timeout = self.state.config.graceful_shutdown_timeout();
+        let drained = tokio::time::timeout(timeout, self.serve_finished()).await;
+        match drained {
+            Ok(Err(e)) => tracing::warn!(error = %e, "http server stopped with an error"),
+            Err(_) => tracing::warn!(
+                ?timeout,
+                "in-flight requests did not finish in server.graceful_shutdown_timeout; flushing anyway"
+            ),
+            Ok(Ok(())) => {}
+        }
+        tracing::info!("flushing heads before exit");
+        let flushed = self.state.ingester.flush_all().await;
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        flushed?;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        // A server dropped without `shutdown` (a failed test) still stops serving.
+        self.state.shutdown.trigger();
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
+/// Builds every component and starts serving; returns once the listener is bound.
+pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
+    config.validate()?;
+    let config = Arc::new(config);
+    for dir in [
+        Some(&config.common.path_prefix),
+        config
+            .ingester
+            .wal
+            .enabled
+            .then_some(&config.ingester.wal.dir),
+        config
+            .storage_config
+            .aws
+            .is_none()
+            .then_some(&config.storage_config.filesystem.directory),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let limits = Arc::new(Limits::new(config.limits_config.clone()));
+    let runtime_file = config.runtime_config.file.clone();
+    let mut background = Vec::new();
+    if !runtime_file.as_os_str().is_empty() {
+        let n = limits.reload(&runtime_file)?;
+        tracing::info!(file = %runtime_file.display(), tenants = n, "loaded per-tenant overrides");
+        background.push(spawn_reloader(
+            limits.clone(),
+            runtime_file,
+            config.runtime_config.period.0,
+        ));
+    }
+
+    let storage = Storage::open(&config.storage_config, Arc::new(SystemClock)).await?;
+    let ingester = Ingester::open(
+        config.ingester.clone(),
+        config.ingester.wal.dir.clone(),
+        storage.clone(),
+    )
+    .await?;
+    background.push(ingester.start());
+    let distributor = Arc::new(Distributor::new(
+        limits.clone(),
+        metrics.clone(),
+        ingester.clone(),
+        storage.clock().clone(),
+        config.ingester.chunk_idle_period,
+    ));
+
+    let querier = Arc::new(Querier::new(
+        storage.clone(),
+        ingester.clone(),
+        limits.clone(),
+    ));
+    let state = AppState {
+        config: config.clone(),
+        limits,
+        querier,
+        ingester,
+        storage,
+        metrics,
+        distributor,
+        shutdown: Shutdown::default(),
+    };
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    let app = crate::api::router(state.clone());
+    let stop = state.shutdown.clone();
+    let serve = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+    });
+    tracing::info!(%addr, "lode is listening");
+    Ok(RunningServer {
+        addr,
+        state,
+        serve: Some(serve),
+        background,
+    })
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: LodeConfig) -> Result<(), Error> {
+    let mut server = start(config).await?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::Signal)?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        result = server.serve_finished() => {
+            // The listener died on its own: still flush what is in memory.
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "http server stopped");
+            }
+            server.shutdown().await?;
+            return result;
+        }
+    }
+    server.shutdown().await
+}
+
+/// Re-reads the runtime config file every `period`; a bad file keeps the old overrides.
+fn spawn_reloader(
+    limits: Arc<Limits>,
+    file: std::path::PathBuf,
+    period: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = limits.reload(&file) {
+                tracing::warn!(error = %e, "runtime config not reloaded; previous overrides stay in force");
+            }
+        }
+    })
+}
