@@ -91,7 +91,8 @@ pub struct ClientConfig {
     pub max_buffered_bytes: usize,
     /// Optional `Authorization: Bearer` token read from this file at start.
     pub bearer_token_file: Option<PathBuf>,
-    /// Optional on-disk buffer for outages longer than memory can hold.
+    /// Optional on-disk buffer for outages longer than memory can hold. Not implemented
+    /// yet: `validate()` rejects it rather than silently ignoring it.
     pub disk_buffer: Option<DiskBufferConfig>,
     /// How long shutdown waits for in-flight batches before giving up (their offsets are
     /// not committed, so they are re-read on the next start).
@@ -313,6 +314,15 @@ impl ShipperConfig {
                 "client.max_backoff",
                 humantime::format_duration(self.client.max_backoff),
                 "client.min_backoff must be > 0 and <= client.max_backoff",
+            ));
+        }
+        if let Some(b) = &self.client.disk_buffer {
+            // Accepting the key and ignoring it would promise durability that is not there.
+            return Err(invalid(
+                "client.disk_buffer.path",
+                b.path.display(),
+                "the on-disk buffer is not implemented yet; remove client.disk_buffer (memory \
+                 buffering with backpressure, client.max_buffered_bytes, is always on)",
             ));
         }
         if self.discovery.globs.is_empty() {
