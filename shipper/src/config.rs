@@ -91,8 +91,8 @@ pub struct ClientConfig {
     pub max_buffered_bytes: usize,
     /// Optional `Authorization: Bearer` token read from this file at start.
     pub bearer_token_file: Option<PathBuf>,
-    /// Optional on-disk buffer for outages longer than memory can hold. Not implemented
-    /// yet: `validate()` rejects it rather than silently ignoring it.
+    /// Optional on-disk buffer for outages longer than memory can hold: batches whose
+    /// first push fails are written there and their offsets committed.
     pub disk_buffer: Option<DiskBufferConfig>,
     /// How long shutdown waits for in-flight batches before giving up (their offsets are
     /// not committed, so they are re-read on the next start).
@@ -317,13 +317,16 @@ impl ShipperConfig {
             ));
         }
         if let Some(b) = &self.client.disk_buffer {
-            // Accepting the key and ignoring it would promise durability that is not there.
-            return Err(invalid(
-                "client.disk_buffer.path",
-                b.path.display(),
-                "the on-disk buffer is not implemented yet; remove client.disk_buffer (memory \
-                 buffering with backpressure, client.max_buffered_bytes, is always on)",
-            ));
+            if b.max_size_bytes < self.client.batch_size as u64 {
+                return Err(invalid(
+                    "client.disk_buffer.max_size_bytes",
+                    b.max_size_bytes,
+                    &format!(
+                        "must hold at least one batch (client.batch_size = {})",
+                        self.client.batch_size
+                    ),
+                ));
+            }
         }
         if self.discovery.globs.is_empty() {
             return Err(invalid(

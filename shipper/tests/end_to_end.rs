@@ -422,3 +422,94 @@ fn exp(line: &str, ts: i64, stream: &'static str, labels: &[(String, String)]) -
         labels: labels.to_vec(),
     }
 }
+
+#[test]
+fn the_disk_buffer_keeps_lines_through_an_outage_a_crash_and_deleted_logs() {
+    let mut node = Node::new();
+    let mut rx = Receiver::start();
+    let spool_dir = node.dir.path().join("state/buffer");
+    let config = node.config(
+        &rx.url(),
+        &format!(
+            "  disk_buffer:\n    path: {}\n    max_size_bytes: 10485760",
+            spool_dir.display()
+        ),
+    );
+    let gone = node.container_log("shop", "tmp-0", "uid-tmp", "tmp");
+    let stays = node.container_log("shop", "web-0", "uid-web", "web");
+    let gone_labels = pod_labels("shop", "tmp-0", "tmp", Some("tmp"));
+    let stays_labels = pod_labels("shop", "web-0", "web", Some("web"));
+    let mut shipper = node.start_shipper(&config);
+
+    rx.stop();
+    let mut expected = write_cri_lines(&gone, "gone", 0..300, T0, &gone_labels);
+    expected.extend(write_cri_lines(&stays, "stays", 0..100, T0, &stays_labels));
+    wait_until("every line written to the disk buffer", &shipper, || {
+        shipper.metric("lode_shipper_spooled_entries_total") >= 400.0
+    });
+    assert!(shipper.metric("lode_shipper_disk_buffer_batches") >= 1.0);
+    // A crash, and the pod's logs deleted meanwhile: its lines now exist only on disk
+    // in the buffer. The other file's offsets were committed when it was spooled, so it
+    // is not read again.
+    shipper.kill();
+    std::fs::remove_dir_all(gone.parent().unwrap().parent().unwrap()).unwrap();
+    rx.restart();
+    let mut shipper = node.start_shipper(&config);
+    wait_until("the buffered lines", &shipper, || {
+        rx.count() >= expected.len()
+    });
+    wait_until("the buffer drained", &shipper, || {
+        shipper.metric("lode_shipper_disk_buffer_batches") == 0.0
+    });
+    shipper.terminate();
+    assert_exactly_once(&rx.entries(), &expected);
+    let left: Vec<_> = std::fs::read_dir(&spool_dir).unwrap().collect();
+    assert!(left.is_empty(), "sent batches are deleted: {left:?}");
+}
+
+#[test]
+fn a_full_disk_buffer_drops_the_oldest_batches_and_counts_them() {
+    let mut node = Node::new();
+    let mut rx = Receiver::start();
+    let config = node
+        .config(
+            &rx.url(),
+            &format!(
+                "  disk_buffer:\n    path: {}\n    max_size_bytes: 4096",
+                node.dir.path().join("state/buffer").display()
+            ),
+        )
+        .replace("batch_size: 65536", "batch_size: 1024");
+    let log = node.container_log("shop", "chatty-0", "uid-chatty", "chatty");
+    let labels = pod_labels("shop", "chatty-0", "chatty", Some("chatty"));
+    let mut shipper = node.start_shipper(&config);
+    rx.stop();
+    let mut written = Vec::new();
+    for chunk in 0..20 {
+        written.extend(write_cri_lines(
+            &log,
+            "c",
+            chunk * 20..chunk * 20 + 20,
+            T0,
+            &labels,
+        ));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dropped = "lode_shipper_dropped_entries_total{reason=\"buffer_full\"}";
+    wait_until("all lines spooled or dropped", &shipper, || {
+        shipper.metric("lode_shipper_spooled_entries_total") >= 400.0
+    });
+    let lost = shipper.metric(dropped) as usize;
+    assert!(lost > 0, "a 4 KiB buffer cannot hold 400 lines");
+    rx.restart();
+    wait_until("the kept lines", &shipper, || {
+        rx.count() + lost >= written.len()
+    });
+    wait_until("the buffer drained", &shipper, || {
+        shipper.metric("lode_shipper_disk_buffer_batches") == 0.0
+    });
+    shipper.terminate();
+    // What survived is the newest part, each line once; exactly the counted ones are lost.
+    let kept = written.split_off(lost);
+    assert_exactly_once(&rx.entries(), &kept);
+}
