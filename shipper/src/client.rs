@@ -6,7 +6,11 @@
 //! backoff and full jitter; other 4xx dropped and counted, since resending never helps),
 //! memory backpressure (`client.max_buffered_bytes`: the reader channel is not drained
 //! while that much is unacknowledged), and the acknowledgement tracker that turns
-//! acknowledged batches into committed file offsets. It does not own reading files.
+//! acknowledged batches into committed file offsets. With `client.disk_buffer`, a batch
+//! whose first push fails with a retryable error is written to the [`spool`](crate::spool)
+//! instead — that counts as acknowledged — and one drainer task sends spooled batches
+//! oldest first; new batches of a tenant with spooled ones queue behind them on disk. It
+//! does not own reading files.
 //!
 //! Offsets commit only up to the longest acknowledged prefix of each file: entries of one
 //! file may sit in several batches (several tenants) that finish out of order.
@@ -23,6 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::ClientConfig;
 use crate::metrics::{Metrics, StatusLabel};
 use crate::positions::{FileId, Positions};
+use crate::spool::Spool;
 use crate::tailer::ReadEntry;
 
 /// Why the client could not start.
@@ -35,6 +40,8 @@ pub enum Error {
     },
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::Error),
 }
 
 type BatchId = u64;
@@ -102,7 +109,18 @@ struct Batch {
 #[derive(Debug)]
 enum Outcome {
     Sent,
+    /// Written to the on-disk buffer; sent later by the drainer.
+    Spooled,
     Dropped(&'static str),
+}
+
+/// How one push attempt ended.
+enum Attempt {
+    Sent,
+    /// Not retryable (4xx other than 429): the reason to count.
+    Rejected(&'static str),
+    /// Retryable: the status (or `error`) for the log line.
+    Retry(String),
 }
 
 struct Done {
@@ -118,6 +136,8 @@ pub struct Client {
     metrics: Arc<Metrics>,
     positions: Arc<Mutex<Positions>>,
     positions_changed: Arc<Notify>,
+    spool: Option<Arc<Spool>>,
+    spooled: Notify,
 }
 
 impl Client {
@@ -143,6 +163,25 @@ impl Client {
             .timeout(cfg.timeout)
             .user_agent(concat!("lode-shipper/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let spool = match &cfg.disk_buffer {
+            Some(b) => {
+                let (spool, corrupt) = Spool::open(&b.path, b.max_size_bytes)?;
+                for e in &corrupt {
+                    metrics.disk_buffer_corrupt.inc();
+                    error!(error = %e, "spooled batch unreadable; deleted");
+                }
+                let (batches, bytes) = spool.usage();
+                if batches > 0 {
+                    info!(
+                        batches,
+                        bytes,
+                        "on-disk buffer holds batches from a previous run; sending them first"
+                    );
+                }
+                Some(Arc::new(spool))
+            }
+            None => None,
+        };
         Ok(Client {
             cfg,
             http,
@@ -150,6 +189,8 @@ impl Client {
             metrics,
             positions,
             positions_changed,
+            spool,
+            spooled: Notify::new(),
         })
     }
 
@@ -171,6 +212,9 @@ impl Client {
         let mut buffered: usize = 0;
         let mut input_open = true;
         let mut deadline: Option<tokio::time::Instant> = None;
+        if let Some(spool) = this.spool.clone() {
+            tasks.push(tokio::spawn(this.clone().drain_spool(spool)));
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(100).min(this.cfg.batch_wait));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -220,6 +264,9 @@ impl Client {
                         Outcome::Sent => {
                             this.metrics.sent_entries.inc_by(entries as u64);
                             this.metrics.sent_bytes.inc_by(bytes as u64);
+                        }
+                        Outcome::Spooled => {
+                            this.metrics.spooled_entries.inc_by(entries as u64);
                         }
                         Outcome::Dropped(reason) => this.metrics.dropped(reason, entries as u64, bytes as u64),
                     }
@@ -336,9 +383,182 @@ impl Client {
                     })
                     .collect(),
             }));
-            let outcome = self.send_with_retries(&tenant, body, entries).await;
+            let outcome = match &self.spool {
+                // Keep order: while older batches of this tenant wait on disk, queue there.
+                Some(spool) if spool.has_tenant(&tenant) => {
+                    self.spool_batch(spool, &tenant, body, entries).await
+                }
+                Some(spool) => match self.send_once(&tenant, &body, entries, 0).await {
+                    Attempt::Sent => Outcome::Sent,
+                    Attempt::Rejected(reason) => Outcome::Dropped(reason),
+                    Attempt::Retry(_) => {
+                        self.metrics.retries.inc();
+                        self.spool_batch(spool, &tenant, body, entries).await
+                    }
+                },
+                None => self.send_with_retries(&tenant, body, entries).await,
+            };
             if done.send(Done { id, outcome }).is_err() {
                 return;
+            }
+        }
+    }
+
+    /// Writes a batch to the spool; falls back to retrying from memory when the disk
+    /// write fails (full disk, permissions), so nothing is lost either way.
+    async fn spool_batch(
+        &self,
+        spool: &Arc<Spool>,
+        tenant: &str,
+        body: bytes::Bytes,
+        entries: usize,
+    ) -> Outcome {
+        let write = {
+            let spool = spool.clone();
+            let tenant = tenant.to_string();
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || spool.push(&tenant, entries as u64, &body)).await
+        };
+        match write {
+            Ok(Ok(evicted)) => {
+                if evicted.batches > 0 {
+                    warn!(batches = evicted.batches, entries = evicted.entries, "on-disk buffer full (client.disk_buffer.max_size_bytes); oldest batches dropped");
+                    self.metrics.dropped("buffer_full", evicted.entries, 0);
+                }
+                self.update_spool_gauges(spool);
+                self.spooled.notify_one();
+                debug!(tenant, entries, "batch written to the on-disk buffer");
+                Outcome::Spooled
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "cannot write to the on-disk buffer; retrying from memory");
+                self.send_with_retries(tenant, body, entries).await
+            }
+            Err(e) => {
+                error!(error = %e, "on-disk buffer write task failed; retrying from memory");
+                self.send_with_retries(tenant, body, entries).await
+            }
+        }
+    }
+
+    fn update_spool_gauges(&self, spool: &Spool) {
+        let (batches, bytes) = spool.usage();
+        self.metrics.disk_buffer_batches.set(batches as i64);
+        self.metrics.disk_buffer_bytes.set(bytes as i64);
+    }
+
+    /// Sends spooled batches oldest first, retrying each until the server takes or
+    /// rejects it; runs for the client's lifetime.
+    async fn drain_spool(self: Arc<Self>, spool: Arc<Spool>) {
+        let mut attempt: u32 = 0;
+        loop {
+            self.update_spool_gauges(&spool);
+            let Some(next) = spool.oldest() else {
+                attempt = 0;
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.spooled.notified()).await;
+                continue;
+            };
+            let body = {
+                let spool = spool.clone();
+                let next = next.clone();
+                tokio::task::spawn_blocking(move || spool.read(&next)).await
+            };
+            let body = match body {
+                Ok(Ok(b)) => bytes::Bytes::from(b),
+                Ok(Err(e)) => {
+                    self.metrics.disk_buffer_corrupt.inc();
+                    self.metrics.dropped("disk_buffer_corrupt", next.entries, 0);
+                    error!(error = %e, "spooled batch unreadable; deleted");
+                    continue;
+                }
+                Err(_) => return,
+            };
+            match self
+                .send_once(&next.tenant, &body, next.entries as usize, attempt)
+                .await
+            {
+                Attempt::Sent => {
+                    attempt = 0;
+                    // Gone already when evicted meanwhile: the eviction counted it.
+                    if spool.remove(next.seq) {
+                        self.metrics.sent_entries.inc_by(next.entries);
+                    }
+                }
+                Attempt::Rejected(reason) => {
+                    attempt = 0;
+                    if spool.remove(next.seq) {
+                        self.metrics.dropped(reason, next.entries, 0);
+                    }
+                }
+                Attempt::Retry(_) => {
+                    attempt += 1;
+                    self.metrics.retries.inc();
+                    tokio::time::sleep(backoff(
+                        self.cfg.min_backoff,
+                        self.cfg.max_backoff,
+                        attempt,
+                    ))
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// One push of `body`.
+    async fn send_once(
+        &self,
+        tenant: &str,
+        body: &bytes::Bytes,
+        entries: usize,
+        attempt: u32,
+    ) -> Attempt {
+        let mut req = self
+            .http
+            .post(&self.cfg.url)
+            .header("Content-Type", "application/x-protobuf")
+            .body(body.clone());
+        if !tenant.is_empty() {
+            req = req.header("X-Scope-OrgID", tenant);
+        }
+        if let Some(token) = &self.auth {
+            req = req.bearer_auth(token);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                self.metrics
+                    .requests
+                    .get_or_create(&StatusLabel {
+                        status: status.as_u16().to_string(),
+                    })
+                    .inc();
+                if status.is_success() {
+                    self.metrics.encoded_bytes.inc_by(body.len() as u64);
+                    debug!(tenant, entries, bytes = body.len(), "batch sent");
+                    return Attempt::Sent;
+                }
+                let text = resp.text().await.unwrap_or_default();
+                let text: String = text.chars().take(1024).collect();
+                if status.as_u16() != 429 && status.is_client_error() {
+                    error!(tenant, status = status.as_u16(), entries, body = %text.trim(), "push rejected; batch dropped (not retryable)");
+                    return Attempt::Rejected(if status.as_u16() == 400 {
+                        "bad_request"
+                    } else {
+                        "client_error"
+                    });
+                }
+                warn!(tenant, status = status.as_u16(), attempt, body = %text.trim(), "push failed; retrying");
+                Attempt::Retry(status.as_u16().to_string())
+            }
+            Err(e) => {
+                self.metrics
+                    .requests
+                    .get_or_create(&StatusLabel {
+                        status: "error".into(),
+                    })
+                    .inc();
+                warn!(tenant, attempt, error = %e, "push failed; retrying");
+                Attempt::Retry("error".into())
             }
         }
     }
@@ -346,54 +566,10 @@ impl Client {
     async fn send_with_retries(&self, tenant: &str, body: bytes::Bytes, entries: usize) -> Outcome {
         let mut attempt: u32 = 0;
         loop {
-            let mut req = self
-                .http
-                .post(&self.cfg.url)
-                .header("Content-Type", "application/x-protobuf")
-                .body(body.clone());
-            if !tenant.is_empty() {
-                req = req.header("X-Scope-OrgID", tenant);
-            }
-            if let Some(token) = &self.auth {
-                req = req.bearer_auth(token);
-            }
-            let status = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    self.metrics
-                        .requests
-                        .get_or_create(&StatusLabel {
-                            status: status.as_u16().to_string(),
-                        })
-                        .inc();
-                    if status.is_success() {
-                        self.metrics.encoded_bytes.inc_by(body.len() as u64);
-                        debug!(tenant, entries, bytes = body.len(), "batch sent");
-                        return Outcome::Sent;
-                    }
-                    let text = resp.text().await.unwrap_or_default();
-                    let text: String = text.chars().take(1024).collect();
-                    if status.as_u16() != 429 && status.is_client_error() {
-                        error!(tenant, status = status.as_u16(), entries, body = %text.trim(), "push rejected; batch dropped (not retryable)");
-                        return Outcome::Dropped(if status.as_u16() == 400 {
-                            "bad_request"
-                        } else {
-                            "client_error"
-                        });
-                    }
-                    warn!(tenant, status = status.as_u16(), attempt, body = %text.trim(), "push failed; retrying");
-                    status.as_u16().to_string()
-                }
-                Err(e) => {
-                    self.metrics
-                        .requests
-                        .get_or_create(&StatusLabel {
-                            status: "error".into(),
-                        })
-                        .inc();
-                    warn!(tenant, attempt, error = %e, "push failed; retrying");
-                    "error".into()
-                }
+            let status = match self.send_once(tenant, &body, entries, attempt).await {
+                Attempt::Sent => return Outcome::Sent,
+                Attempt::Rejected(reason) => return Outcome::Dropped(reason),
+                Attempt::Retry(status) => status,
             };
             attempt += 1;
             if self.cfg.max_retries > 0 && attempt > self.cfg.max_retries {

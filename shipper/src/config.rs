@@ -91,7 +91,8 @@ pub struct ClientConfig {
     pub max_buffered_bytes: usize,
     /// Optional `Authorization: Bearer` token read from this file at start.
     pub bearer_token_file: Option<PathBuf>,
-    /// Optional on-disk buffer for outages longer than memory can hold.
+    /// Optional on-disk buffer for outages longer than memory can hold: batches whose
+    /// first push fails are written there and their offsets committed.
     pub disk_buffer: Option<DiskBufferConfig>,
     /// How long shutdown waits for in-flight batches before giving up (their offsets are
     /// not committed, so they are re-read on the next start).
@@ -314,6 +315,18 @@ impl ShipperConfig {
                 humantime::format_duration(self.client.max_backoff),
                 "client.min_backoff must be > 0 and <= client.max_backoff",
             ));
+        }
+        if let Some(b) = &self.client.disk_buffer {
+            if b.max_size_bytes < self.client.batch_size as u64 {
+                return Err(invalid(
+                    "client.disk_buffer.max_size_bytes",
+                    b.max_size_bytes,
+                    &format!(
+                        "must hold at least one batch (client.batch_size = {})",
+                        self.client.batch_size
+                    ),
+                ));
+            }
         }
         if self.discovery.globs.is_empty() {
             return Err(invalid(

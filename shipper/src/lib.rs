@@ -6,6 +6,7 @@
 //! ([`format`]), labels entries ([`pipeline`]) and sends them over a bounded channel to
 //! the [`client`], which batches per tenant, pushes protobuf + snappy, retries, and
 //! commits acknowledged offsets into [`positions`]; a writer task persists positions.
+//! With `client.disk_buffer`, batches the server cannot take go to the [`spool`].
 //! [`metrics`] and `/ready` are served over HTTP by [`run`].
 
 pub mod client;
@@ -14,6 +15,7 @@ pub mod format;
 pub mod metrics;
 pub mod pipeline;
 pub mod positions;
+pub mod spool;
 pub mod tailer;
 
 use std::sync::atomic::{AtomicBool, Ordering};

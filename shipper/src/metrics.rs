@@ -62,6 +62,10 @@ pub struct Metrics {
     pub positions_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub positions_write_failures: Counter,
     pub positions_corrupt: Counter,
+    pub disk_buffer_bytes: Gauge,
+    pub disk_buffer_batches: Gauge,
+    pub spooled_entries: Counter,
+    pub disk_buffer_corrupt: Counter,
     /// Unix milliseconds of the last successful positions write (0 = never).
     pub positions_written_at_ms: AtomicI64,
 }
@@ -101,6 +105,10 @@ impl Metrics {
             positions_age_seconds: Gauge::default(),
             positions_write_failures: Counter::default(),
             positions_corrupt: Counter::default(),
+            disk_buffer_bytes: Gauge::default(),
+            disk_buffer_batches: Gauge::default(),
+            spooled_entries: Counter::default(),
+            disk_buffer_corrupt: Counter::default(),
             positions_written_at_ms: AtomicI64::new(0),
             registry: Registry::default(),
         };
@@ -221,6 +229,26 @@ impl Metrics {
             "positions_corrupt",
             "Positions files found unreadable at start",
             m.positions_corrupt.clone(),
+        );
+        r.register(
+            "disk_buffer_bytes",
+            "Bytes of batches waiting in the on-disk buffer",
+            m.disk_buffer_bytes.clone(),
+        );
+        r.register(
+            "disk_buffer_batches",
+            "Batches waiting in the on-disk buffer",
+            m.disk_buffer_batches.clone(),
+        );
+        r.register(
+            "spooled_entries",
+            "Entries written to the on-disk buffer after a failed push",
+            m.spooled_entries.clone(),
+        );
+        r.register(
+            "disk_buffer_corrupt",
+            "Spooled batches found unreadable and deleted",
+            m.disk_buffer_corrupt.clone(),
         );
         Metrics { registry, ..m }
     }

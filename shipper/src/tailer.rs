@@ -390,16 +390,29 @@ impl Tailer {
                 }
             }
             None => {
+                // A rotated name still being written may be a copy (copytruncate) whose
+                // first bytes have not landed yet: wait until it has a full fingerprint
+                // or has been quiet for rotate_wait.
+                let young = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_none_or(|age| age < self.parts.discovery.rotate_wait);
+                if rotated && (fp_len as usize) < FINGERPRINT_BYTES && young {
+                    debug!(path = %path.display(), "rotated file too short to identify yet");
+                    return;
+                }
                 let copy = (fp_len as usize == FINGERPRINT_BYTES)
                     .then(|| pos.by_fingerprint(fp, key))
                     .flatten();
-                let copy_offset = copy.map(|(cid, off)| {
-                    self.open
-                        .iter()
-                        .find(|f| f.id == cid)
-                        .map_or(off, |f| f.read_offset.max(off))
-                });
-                match copy_offset {
+                // While the original is still open and unchanged, its reader owns the
+                // data; the copy is read only once the original was truncated (or
+                // released), from where the original stopped, so nothing is read twice.
+                if copy.is_some_and(|(cid, _)| self.open.iter().any(|f| f.id == cid)) {
+                    debug!(path = %path.display(), "copy of a file still being read; waiting for its truncation");
+                    return;
+                }
+                match copy.map(|(_, off)| off) {
                     Some(off) => {
                         let off = off.min(size);
                         info!(path = %path.display(), offset = off, "file is a copy of a known file; resuming where the original was");
