@@ -3,10 +3,11 @@
 //!
 //! Owns the lifecycle: create the data directories, open storage (loading segment footers
 //! into the index), open the ingester (replaying the WAL), start the flush loop and the
-//! runtime-config reloader, bind the listener (port 0 picks a free one), serve the router
-//! of `crate::api`; on SIGTERM/SIGINT or [`RunningServer::shutdown`]: stop accepting, let
-//! in-flight requests finish (up to `server.graceful_shutdown_timeout`), flush every head
-//! to a segment and checkpoint the WAL. [`AppState`] is what every handler sees.
+//! runtime-config reloader, start the ruler when `ruler.enabled`, bind the listener (port 0
+//! picks a free one), serve the router of `crate::api`; on SIGTERM/SIGINT or
+//! [`RunningServer::shutdown`]: stop accepting, let in-flight requests finish (up to
+//! `server.graceful_shutdown_timeout`), stop the ruler (saving alert state), flush every
+//! head to a segment and checkpoint the WAL. [`AppState`] is what every handler sees.
 //!
 //! It does not own any component's behaviour, only their wiring and order.
 

@@ -343,3 +343,48 @@ async fn broken_files_failing_queries_and_a_dead_alertmanager_leave_other_groups
     assert_eq!(firing["rules"][0]["state"], "firing");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn without_a_ruler_block_no_rule_routes_are_served() {
+    let server = TestServer::start("").await;
+    let (status, body) = server.get_text("/prometheus/api/v1/rules").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("page not found"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_auth_each_tenant_sees_only_its_own_groups() {
+    let dirs = RuleDirs::new();
+    let server = TestServer::start(&format!("auth_enabled: true\n{}", dirs.config(""))).await;
+    let call = |method: reqwest::Method, path: &str, tenant: &str| {
+        server
+            .client
+            .request(method, format!("{}{path}", server.url))
+            .header("X-Scope-OrgID", tenant)
+    };
+    let r = call(reqwest::Method::POST, "/api/prom/rules/ns", "team-a")
+        .body(GROUP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let r = call(reqwest::Method::GET, "/api/prom/rules", "team-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = call(reqwest::Method::GET, "/api/prom/rules", "team-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(r.text().await.unwrap().trim(), "no rule groups found");
+    let r = call(reqwest::Method::GET, "/prometheus/api/v1/rules", "team-b")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"]["groups"], serde_json::json!([]), "{v}");
+    server.stop().await;
+}

@@ -152,8 +152,12 @@ impl Ruler {
         if let Some(remote) = &self.inner.remote {
             background.extend(remote.spawn());
         }
+        // In the background: an unroutable Alertmanager must not delay the server's start.
+        let probe = self.clone();
+        background.push(tokio::spawn(async move {
+            probe.probe_alertmanagers().await;
+        }));
         self.inner.background.lock().extend(background);
-        self.probe_alertmanagers().await;
         self.sync().await?;
         let this = self.clone();
         let poll = self.inner.config.poll_interval.as_duration();
