@@ -202,8 +202,8 @@ impl Daemon {
     }
 }
 
-/// The value of one sample of an OpenMetrics exposition whose line starts with
-/// `prefix` (metric name plus the start of its labels), summed over matching lines.
+/// The sum of the samples of an OpenMetrics exposition whose line starts with `name`
+/// and contains `label_fragment` (e.g. `tenant="fake"`; empty matches every series).
 pub fn metric_sum(exposition: &str, name: &str, label_fragment: &str) -> f64 {
     exposition
         .lines()
