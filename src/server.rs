@@ -3,10 +3,11 @@
 //!
 //! Owns the lifecycle: create the data directories, open storage (loading segment footers
 //! into the index), open the ingester (replaying the WAL), start the flush loop and the
-//! runtime-config reloader, bind the listener (port 0 picks a free one), serve the router
-//! of `crate::api`; on SIGTERM/SIGINT or [`RunningServer::shutdown`]: stop accepting, let
-//! in-flight requests finish (up to `server.graceful_shutdown_timeout`), flush every head
-//! to a segment and checkpoint the WAL. [`AppState`] is what every handler sees.
+//! runtime-config reloader, start the ruler when `ruler.enabled`, bind the listener (port 0
+//! picks a free one), serve the router of `crate::api`; on SIGTERM/SIGINT or
+//! [`RunningServer::shutdown`]: stop accepting, let in-flight requests finish (up to
+//! `server.graceful_shutdown_timeout`), stop the ruler (saving alert state), flush every
+//! head to a segment and checkpoint the WAL. [`AppState`] is what every handler sees.
 //!
 //! It does not own any component's behaviour, only their wiring and order.
 
@@ -24,6 +25,7 @@ use crate::ingester::{self, Ingester};
 use crate::limits::{self, Limits};
 use crate::metrics::Metrics;
 use crate::querier::Querier;
+use crate::ruler::{EngineQuerier, Ruler, RulerError};
 use crate::storage::{self, Storage};
 
 /// Why the server could not start or stop cleanly.
@@ -51,6 +53,8 @@ pub enum Error {
     Signal(std::io::Error),
     #[error("http server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot start the ruler: {0}")]
+    Ruler(#[from] RulerError),
 }
 
 /// A one-way "stop now" signal shared by every task of the server.
@@ -94,6 +98,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub distributor: Arc<Distributor>,
     pub querier: Arc<Querier>,
+    /// The ruler, when `ruler.enabled`; its routes are mounted only then.
+    pub ruler: Option<Ruler>,
     pub shutdown: Shutdown,
 }
 
@@ -145,6 +151,9 @@ impl RunningServer {
             ),
             Ok(Ok(())) => {}
         }
+        if let Some(ruler) = &self.state.ruler {
+            ruler.shutdown().await;
+        }
         tracing::info!("flushing heads before exit");
         let flushed = self.state.ingester.flush_all().await;
         for task in self.background.drain(..) {
@@ -162,6 +171,9 @@ impl Drop for RunningServer {
         self.state.shutdown.trigger();
         for task in &self.background {
             task.abort();
+        }
+        if let Some(ruler) = &self.state.ruler {
+            ruler.abort();
         }
     }
 }
@@ -228,10 +240,12 @@ pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
         ingester.clone(),
         limits.clone(),
     ));
+    let ruler = start_ruler(&config, &querier, &metrics).await?;
     let state = AppState {
         config: config.clone(),
         limits,
         querier,
+        ruler,
         ingester,
         storage,
         metrics,
@@ -279,6 +293,25 @@ pub async fn run(config: LodeConfig) -> Result<(), Error> {
         }
     }
     server.shutdown().await
+}
+
+/// Builds and starts the ruler over the query engine when `ruler.enabled`.
+async fn start_ruler(
+    config: &LodeConfig,
+    querier: &Arc<Querier>,
+    metrics: &Metrics,
+) -> Result<Option<Ruler>, Error> {
+    if !config.ruler.enabled {
+        return Ok(None);
+    }
+    let engine = Arc::new(EngineQuerier::new(querier.clone()));
+    let ruler = Ruler::new(config.ruler.clone(), engine, metrics)?;
+    ruler.start().await?;
+    tracing::info!(
+        rules_dir = %config.ruler.storage.local.directory.display(),
+        "ruler started"
+    );
+    Ok(Some(ruler))
 }
 
 /// Re-reads the runtime config file every `period`; a bad file keeps the old overrides.

@@ -54,8 +54,22 @@ pub fn router(state: AppState) -> Router {
             auth_enabled: state.config.auth_enabled,
             live: state.ingester.clone(),
         }))
+        .merge(ruler_routes(&state))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state, track))
+}
+
+/// The ruler's config and status routes, when the ruler runs and `ruler.enable_api`.
+fn ruler_routes(state: &AppState) -> Router {
+    match &state.ruler {
+        Some(ruler) if ruler.config().enable_api => {
+            crate::ruler::api::routes(crate::ruler::api::RulerApi {
+                ruler: ruler.clone(),
+                auth_enabled: state.config.auth_enabled,
+            })
+        }
+        _ => Router::new(),
+    }
 }
 
 /// The tenant a request acts for: `X-Scope-OrgID` when `auth_enabled`, else `fake` (the

@@ -14,7 +14,8 @@ use super::duration::PromDuration;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulerConfig {
-    /// Run the ruler at all.
+    /// Run the ruler. Off by default: a server without rules does no rule work and
+    /// serves no rule APIs.
     pub enabled: bool,
     /// Where rule files live: `<directory>/<tenant>/<namespace file>`.
     pub storage: RuleStorageConfig,
@@ -101,7 +102,7 @@ pub struct RemoteWriteClientConfig {
 impl Default for RulerConfig {
     fn default() -> Self {
         RulerConfig {
-            enabled: true,
+            enabled: false,
             storage: RuleStorageConfig::default(),
             rule_path: PathBuf::from("data/ruler"),
             alertmanager_url: String::new(),

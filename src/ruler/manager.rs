@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -89,7 +88,7 @@ impl Ruler {
     pub fn new(
         config: RulerConfig,
         querier: Arc<dyn RuleQuerier>,
-        registry: &mut Registry,
+        registry: &crate::metrics::Metrics,
     ) -> Result<Ruler, RulerError> {
         config.validate()?;
         let metrics = RulerMetrics::default();
@@ -153,8 +152,12 @@ impl Ruler {
         if let Some(remote) = &self.inner.remote {
             background.extend(remote.spawn());
         }
+        // In the background: an unroutable Alertmanager must not delay the server's start.
+        let probe = self.clone();
+        background.push(tokio::spawn(async move {
+            probe.probe_alertmanagers().await;
+        }));
         self.inner.background.lock().extend(background);
-        self.probe_alertmanagers().await;
         self.sync().await?;
         let this = self.clone();
         let poll = self.inner.config.poll_interval.as_duration();
@@ -190,6 +193,11 @@ impl Ruler {
             }
         })
         .await;
+        self.abort();
+    }
+
+    /// Stops every group and background task now, without saving alert state.
+    pub fn abort(&self) {
         self.inner.groups.lock().clear();
         for task in self.inner.background.lock().drain(..) {
             task.abort();

@@ -11,7 +11,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
@@ -83,7 +82,7 @@ impl Default for RulerMetrics {
 
 impl RulerMetrics {
     /// Registers every family; counters get `_total` appended by the encoder.
-    pub fn register(&self, registry: &mut Registry) {
+    pub fn register(&self, registry: &crate::metrics::Metrics) {
         registry.register(
             "lode_ruler_evaluations",
             "Rule group evaluations",

@@ -5,8 +5,8 @@
 //! recording (`recording`), scheduling and reloads (`manager`), one evaluation
 //! (`group`), delivery (`notifier`, `remote_write`), templates, metrics, the HTTP
 //! handlers (`api`) and the offline checker behind `lode rules check` (`check`). It does
-//! not own running LogQL: it asks a [`RuleQuerier`], which the server implements over
-//! its query engine and tests implement with controlled answers.
+//! not own running LogQL: it asks a [`RuleQuerier`], which [`EngineQuerier`] implements
+//! over the server's query engine and unit tests implement with controlled answers.
 
 pub mod alerting;
 pub mod api;
@@ -17,6 +17,7 @@ pub mod group;
 pub mod manager;
 pub mod metrics;
 pub mod notifier;
+pub mod querier;
 pub mod recording;
 pub mod remote_write;
 pub mod rulefmt;
@@ -30,6 +31,7 @@ use crate::TenantId;
 pub use check::{check_files, CheckFailure, CheckSummary};
 pub use config::RulerConfig;
 pub use manager::Ruler;
+pub use querier::EngineQuerier;
 
 /// One series of an instant query's result.
 #[derive(Clone, Debug, PartialEq)]
