@@ -125,10 +125,19 @@ fn run(
         Err(e) => return serde_json::json!({"status": 400, "text": e.to_string()}),
     };
     match eval(&expr, &qp, source) {
-        Ok(result) => serde_json::json!({
-            "status": 200,
-            "json": {"status": "success", "data": serde_json::to_value(&result).unwrap()},
-        }),
+        Ok(result) => {
+            // Grafana reads "stream" before "values": a stream object must not open
+            // with its values.
+            let text = serde_json::to_string(&result).unwrap();
+            assert!(
+                !text.contains(r#"{"values":"#),
+                "values before stream: {text}"
+            );
+            serde_json::json!({
+                "status": 200,
+                "json": {"status": "success", "data": serde_json::to_value(&result).unwrap()},
+            })
+        }
         Err(e) => {
             let status = if e.is_client_error() { 400 } else { 500 };
             serde_json::json!({"status": status, "text": e.to_string()})

@@ -7,6 +7,8 @@
 //! instead of serde_json because Loki's answers depend on streaming behaviour (partial
 //! labels before an error, raw number text) and because it avoids building a tree per line.
 
+use std::borrow::Cow;
+
 use super::labels::{is_clean_label_name, sanitize_label_name, LabelsBuilder, JSON_PARSER_ERR};
 
 const MALFORMED_OBJECT: &str = "Value looks like object, but can't find closing '}' symbol";
@@ -197,10 +199,16 @@ impl<'l> Scanner<'l> {
     }
 }
 
-/// Decodes the bytes between a JSON string's quotes.
-fn unescape(raw: &[u8], escaped: bool) -> JsonResult<String> {
+/// Decodes the bytes between a JSON string's quotes, borrowing when nothing is escaped
+/// (most keys and values: no allocation per field).
+fn unescape(raw: &[u8], escaped: bool) -> JsonResult<Cow<'_, str>> {
     if !escaped {
-        return Ok(String::from_utf8_lossy(raw).into_owned());
+        // Slices of a `&str` cut at quotes are valid UTF-8; the plain check is faster
+        // than `from_utf8_lossy`'s chunking.
+        return Ok(match std::str::from_utf8(raw) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(raw),
+        });
     }
     let mut out: Vec<u8> = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -251,8 +259,9 @@ fn unescape(raw: &[u8], escaped: bool) -> JsonResult<String> {
         let mut buf = [0u8; 4];
         out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
     }
-    Ok(String::from_utf8(out)
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).replace('\u{FFFD}', " ")))
+    Ok(Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| {
+        String::from_utf8_lossy(e.as_bytes()).replace('\u{FFFD}', " ")
+    })))
 }
 
 /// Which labels a `json`/`logfmt` parser needs to produce: all, or only those a metric
@@ -345,7 +354,7 @@ impl JsonParser {
             let segment = if is_clean_label_name(&key) {
                 key
             } else {
-                sanitize_label_name(&key)
+                Cow::Owned(sanitize_label_name(&key))
             };
             if !segment.is_empty() {
                 if !prefix.is_empty() {
@@ -367,7 +376,7 @@ impl JsonParser {
                         lb.add_extracted(prefix, &v);
                     }
                     Value::Raw(raw) if named && self.wanted.wants(prefix) => {
-                        lb.add_extracted(prefix, &String::from_utf8_lossy(raw));
+                        lb.add_extracted(prefix, &unescape(raw, false)?);
                     }
                     _ => {}
                 }
@@ -574,7 +583,7 @@ fn find_path(line: &str, path: &[PathSegment]) -> JsonResult<Option<String>> {
     Ok(Some(match raw.first() {
         Some(b'"') => {
             let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
-            unescape(inner, inner.contains(&b'\\'))?
+            unescape(inner, inner.contains(&b'\\'))?.into_owned()
         }
         _ if raw == b"null" => String::new(),
         _ => String::from_utf8_lossy(raw).into_owned(),
@@ -630,7 +639,7 @@ fn unpack_fields(sc: &mut Scanner<'_>) -> JsonResult<(Fields, Option<String>)> {
             return Err(MALFORMED_OBJECT);
         }
         let (raw, esc) = sc.string()?;
-        let key = unescape(raw, esc)?;
+        let key = unescape(raw, esc)?.into_owned();
         sc.skip_ws();
         if sc.peek() != Some(b':') {
             return Err(MALFORMED_OBJECT);
@@ -639,7 +648,7 @@ fn unpack_fields(sc: &mut Scanner<'_>) -> JsonResult<(Fields, Option<String>)> {
         sc.skip_ws();
         if sc.peek() == Some(b'"') {
             let (raw, esc) = sc.string()?;
-            let value = unescape(raw, esc)?;
+            let value = unescape(raw, esc)?.into_owned();
             if key == "_entry" {
                 entry = Some(value);
             } else {
