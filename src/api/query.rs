@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequest, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -112,11 +112,10 @@ impl From<querier::Error> for ApiError {
 fn request_params(
     method: &Method,
     headers: &HeaderMap,
-    query: Option<String>,
+    query: Option<&str>,
     body: &Bytes,
 ) -> Params {
     let mut pairs: Vec<(String, String)> = query
-        .as_deref()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let is_form = headers
@@ -129,25 +128,39 @@ fn request_params(
     Params(pairs)
 }
 
-/// Everything a read handler receives, decoded once.
-pub(super) struct Request {
-    pub(super) tenant: TenantId,
-    pub(super) params: Params,
-    pub(super) headers: HeaderMap,
+/// Everything a read handler receives, decoded once: the tenant, the query-string and
+/// POST-form parameters, and the headers (encoding flags).
+pub struct Request {
+    pub tenant: TenantId,
+    pub params: Params,
+    pub headers: HeaderMap,
 }
 
-pub(super) fn decode(
-    api: &QueryApi,
-    method: &Method,
-    headers: HeaderMap,
-    query: Option<String>,
-    body: &Bytes,
-) -> Result<Request, ApiError> {
-    Ok(Request {
-        tenant: super::tenant_from(api.auth_enabled, &headers)?,
-        params: request_params(method, &headers, query, body),
-        headers,
-    })
+/// Bodies of read requests (POST forms) are small; anything bigger is refused.
+const MAX_FORM_BYTES: usize = 4 << 20;
+
+impl FromRequest<Arc<QueryApi>> for Request {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        api: &Arc<QueryApi>,
+    ) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ApiErrorKind::PayloadTooLarge,
+                    format!("request body over {MAX_FORM_BYTES} bytes or unreadable: {e}"),
+                )
+            })?;
+        Ok(Request {
+            tenant: super::tenant_from(api.auth_enabled, &parts.headers)?,
+            params: request_params(&parts.method, &parts.headers, parts.uri.query(), &body),
+            headers: parts.headers,
+        })
+    }
 }
 
 fn json_response<T: Serialize>(body: &T) -> Response {
@@ -218,14 +231,7 @@ fn check_length(api: &QueryApi, tenant: &TenantId, start: i64, end: i64) -> Resu
     Ok(())
 }
 
-async fn instant_query(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
+async fn instant_query(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     let q = InstantQuery::from_params(&req.params, params::now_ns(), max_limit(&api, &req.tenant))?;
     let mut p = QueryParams::instant(q.time);
     p.limit = q.limit as usize;
@@ -233,14 +239,7 @@ async fn instant_query(
     run_query(&api, &req, &q.query, p).await
 }
 
-async fn range_query(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
+async fn range_query(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     let q = RangeQuery::from_params(&req.params, params::now_ns(), max_limit(&api, &req.tenant))?;
     let mut p = QueryParams::range(q.start, q.end, q.step);
     p.interval_ns = q.interval;
@@ -345,14 +344,7 @@ fn string_list(values: Vec<String>) -> Response {
     json_response(&serde_json::json!({"status": "success", "data": values}))
 }
 
-async fn labels(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
+async fn labels(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = optional_matchers(&req.params)?;
     let start = range.start.max(api.querier.cutoff_ns(&req.tenant));
@@ -368,12 +360,8 @@ async fn labels(
 async fn label_values(
     State(api): ApiState,
     Path(name): Path<String>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = optional_matchers(&req.params)?;
     let start = range.start.max(api.querier.cutoff_ns(&req.tenant));
@@ -389,14 +377,7 @@ async fn label_values(
 
 /// The union of streams matched by each `match[]` (Grafana) or `match` (logcli); none,
 /// or a lone `{}`, means every stream.
-async fn series(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
+async fn series(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     let range = params::time_range(&req.params, params::now_ns())?;
     let selectors: Vec<&str> = req
         .params
@@ -430,14 +411,7 @@ async fn series(
     ))
 }
 
-async fn index_stats(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
+async fn index_stats(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = match req.params.get("query") {
         Some(q) => selector_matchers(q)?,
@@ -457,14 +431,7 @@ async fn index_stats(
 }
 
 /// The query in its canonical form: `{"status":"success","data":"<query>"}`.
-async fn format_query(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
+async fn format_query(req: Request) -> Result<Response, ApiError> {
     let text = req
         .params
         .get("query")
@@ -477,14 +444,7 @@ async fn format_query(
 
 /// Indexed labels of the selected streams with their value counts, so Grafana's newest
 /// editor can offer them.
-async fn detected_labels(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
+async fn detected_labels(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = optional_matchers(&req.params)?;
     let streams = api.querier.series(
@@ -509,25 +469,11 @@ async fn detected_labels(
     ))
 }
 
-async fn volume(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
+async fn volume(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     volume_response(&api, &req, false)
 }
 
-async fn volume_range(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &body)?;
+async fn volume_range(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     volume_response(&api, &req, true)
 }
 
@@ -702,17 +648,10 @@ fn field_type(values: &std::collections::BTreeSet<String>) -> &'static str {
 /// Fields of the selected lines, for Grafana's field autocomplete: what `| json`, or for
 /// lines that are not JSON `| logfmt`, extracts from the newest `line_limit` lines, plus
 /// structured metadata (`"parsers": null`).
-async fn detected_fields(
-    State(api): ApiState,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+async fn detected_fields(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     use query_lang::eval::LogEntry;
     use std::collections::BTreeMap;
 
-    let req = decode(&api, &method, headers, query, &body)?;
     let range = params::time_range(&req.params, params::now_ns())?;
     let text = req.params.get("query").ok_or_else(|| {
         ApiError::bad_request("query parameter is required: send query=<log query>")

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Method};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use lode_push::{Entry, LabelSet};
 use query_lang::eval::{self, Direction, InMemorySource, QueryParams, QueryResult};
@@ -24,7 +23,7 @@ use tokio::sync::broadcast;
 
 use super::error::ApiError;
 use super::params;
-use super::query::{decode, encoding_flags, parse_query, QueryApi};
+use super::query::{encoding_flags, parse_query, QueryApi, Request};
 use crate::ingester::Pushed;
 use crate::tenant::TenantId;
 
@@ -40,12 +39,9 @@ const MAX_ENTRIES_PER_MESSAGE: usize = 100;
 /// `GET /loki/api/v1/tail`.
 pub async fn tail(
     State(api): State<Arc<QueryApi>>,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let req = decode(&api, &method, headers, query, &Bytes::new())?;
     let text = req
         .params
         .get("query")
