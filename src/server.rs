@@ -23,6 +23,7 @@ use crate::distributor::Distributor;
 use crate::ingester::{self, Ingester};
 use crate::limits::{self, Limits};
 use crate::metrics::Metrics;
+use crate::querier::Querier;
 use crate::storage::{self, Storage};
 
 /// Why the server could not start or stop cleanly.
@@ -92,6 +93,7 @@ pub struct AppState {
     pub storage: Arc<Storage>,
     pub metrics: Arc<Metrics>,
     pub distributor: Arc<Distributor>,
+    pub querier: Arc<Querier>,
     pub shutdown: Shutdown,
 }
 
@@ -221,9 +223,15 @@ pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
         config.ingester.chunk_idle_period,
     ));
 
+    let querier = Arc::new(Querier::new(
+        storage.clone(),
+        ingester.clone(),
+        limits.clone(),
+    ));
     let state = AppState {
         config: config.clone(),
         limits,
+        querier,
         ingester,
         storage,
         metrics,

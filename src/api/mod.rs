@@ -11,7 +11,10 @@
 //! storing the ingester's, the state and its lifecycle the server's (`crate::server`).
 
 pub mod error;
+pub mod params;
 pub mod push;
+pub mod query;
+pub mod tail;
 
 use std::time::Instant;
 
@@ -45,16 +48,25 @@ pub fn router(state: AppState) -> Router {
         .route("/config", get(config))
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
         .route("/flush", post(flush))
-        // Query routes (the integrator's `query::routes()`) are merged here.
+        .with_state(state.clone())
+        .merge(query::routes(query::QueryApi {
+            querier: state.querier.clone(),
+            auth_enabled: state.config.auth_enabled,
+            live: state.ingester.clone(),
+        }))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), track))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, track))
 }
 
 /// The tenant a request acts for: `X-Scope-OrgID` when `auth_enabled`, else `fake` (the
 /// header is then ignored, as in Loki).
 pub fn tenant_of(state: &AppState, headers: &HeaderMap) -> Result<TenantId, ApiError> {
-    if !state.config.auth_enabled {
+    tenant_from(state.config.auth_enabled, headers)
+}
+
+/// [`tenant_of`] for handlers that carry only the `auth_enabled` setting.
+pub fn tenant_from(auth_enabled: bool, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+    if !auth_enabled {
         return Ok(TenantId::default_tenant());
     }
     let id = headers

@@ -25,12 +25,7 @@ fn bad(msg: impl Into<String>) -> ParamError {
     ParamError(msg.into())
 }
 
-/// Direction of a log query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Forward,
-    Backward,
-}
+pub use query_lang::eval::Direction;
 
 /// The request's parameters as a multimap, in the order received (query string, then form).
 #[derive(Clone, Debug, Default)]
@@ -186,9 +181,11 @@ fn limit(params: &Params, max_limit: u32) -> Result<u32, ParamError> {
     let Some(s) = params.get("limit") else {
         return Ok(DEFAULT_LIMIT);
     };
-    let n: i64 = s
-        .parse()
-        .map_err(|_| bad(format!("cannot parse {s:?} as limit: expected a positive integer")))?;
+    let n: i64 = s.parse().map_err(|_| {
+        bad(format!(
+            "cannot parse {s:?} as limit: expected a positive integer"
+        ))
+    })?;
     if n <= 0 {
         return Err(bad("limit must be a positive value"));
     }
@@ -317,9 +314,15 @@ mod tests {
 
     #[test]
     fn timestamps_follow_lokis_length_rule() {
-        assert_eq!(parse_timestamp("1767225600").unwrap(), 1_767_225_600 * NS_PER_SEC);
+        assert_eq!(
+            parse_timestamp("1767225600").unwrap(),
+            1_767_225_600 * NS_PER_SEC
+        );
         // Grafana's health check: 10 digits, read as seconds (year 2096).
-        assert_eq!(parse_timestamp("4000000000").unwrap(), 4_000_000_000 * NS_PER_SEC);
+        assert_eq!(
+            parse_timestamp("4000000000").unwrap(),
+            4_000_000_000 * NS_PER_SEC
+        );
         assert_eq!(
             parse_timestamp("1767225600000000000").unwrap(),
             1_767_225_600_000_000_000
@@ -346,8 +349,14 @@ mod tests {
     fn durations_accept_float_seconds_and_prometheus_units() {
         assert_eq!(parse_seconds_or_duration("60").unwrap(), 60 * NS_PER_SEC);
         assert_eq!(parse_seconds_or_duration("0.5").unwrap(), NS_PER_SEC / 2);
-        assert_eq!(parse_seconds_or_duration("15000ms").unwrap(), 15 * NS_PER_SEC);
-        assert_eq!(parse_seconds_or_duration("1h30m").unwrap(), 5_400 * NS_PER_SEC);
+        assert_eq!(
+            parse_seconds_or_duration("15000ms").unwrap(),
+            15 * NS_PER_SEC
+        );
+        assert_eq!(
+            parse_seconds_or_duration("1h30m").unwrap(),
+            5_400 * NS_PER_SEC
+        );
         assert_eq!(parse_seconds_or_duration("1m0s").unwrap(), 60 * NS_PER_SEC);
         assert!(parse_seconds_or_duration("1.5s").is_err());
         assert!(parse_seconds_or_duration("500us").is_err());
@@ -378,11 +387,20 @@ mod tests {
     #[test]
     fn bad_ranges_steps_and_limits_are_refused_with_lokis_messages() {
         let now = 10_000 * NS_PER_SEC;
-        let e = |p: &[(&str, &str)]| RangeQuery::from_params(&params(p), now, 5000).unwrap_err().0;
+        let e = |p: &[(&str, &str)]| {
+            RangeQuery::from_params(&params(p), now, 5000)
+                .unwrap_err()
+                .0
+        };
         assert!(e(&[("query", "x"), ("start", "200"), ("end", "100")]).contains("end timestamp"));
         assert!(e(&[("query", "x"), ("step", "0")]).contains("zero or negative"));
-        assert!(e(&[("query", "x"), ("start", "0"), ("end", "100000"), ("step", "1")])
-            .contains("11,000 points"));
+        assert!(e(&[
+            ("query", "x"),
+            ("start", "0"),
+            ("end", "100000"),
+            ("step", "1")
+        ])
+        .contains("11,000 points"));
         assert_eq!(
             e(&[("query", "x"), ("limit", "6000")]),
             "max entries limit per query exceeded, limit > max_entries_limit_per_query (6000 > 5000)"
