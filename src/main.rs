@@ -47,7 +47,14 @@ struct ServeArgs {
     #[arg(long = "config.file", visible_alias = "config", value_name = "FILE")]
     config_file: Option<PathBuf>,
     /// Replace ${VAR} and ${VAR:-default} in the configuration file with environment values.
-    #[arg(long = "config.expand-env")]
+    /// Accepts Loki's `-config.expand-env=true` spelling too.
+    #[arg(
+        long = "config.expand-env",
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     expand_env: bool,
     /// Data directory (overrides common.path_prefix): WAL in DIR/wal, segments in DIR/chunks.
     #[arg(long, value_name = "DIR")]

@@ -131,12 +131,12 @@ fn an_unknown_key_in_the_config_file_is_refused_with_its_name_and_line() {
 }
 
 #[test]
-fn an_invalid_value_names_the_key_to_change() {
+fn an_invalid_value_names_the_key_to_change_with_lokis_flag_spelling() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lode.yaml");
     std::fs::write(&file, "limits_config:\n  ingestion_rate_mb: -1\n").unwrap();
     let out = lode()
-        .args(["serve", "-config.file"])
+        .args(["serve", "-config.expand-env=true", "-config.file"])
         .arg(&file)
         .output()
         .unwrap();

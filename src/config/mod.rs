@@ -69,6 +69,7 @@ pub struct LodeConfig {
 struct ExplicitPaths {
     wal_dir: bool,
     chunks_dir: bool,
+    ruler_dir: bool,
 }
 
 impl Default for LodeConfig {
@@ -117,7 +118,8 @@ impl Default for ServerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct CommonConfig {
     /// Data lives here: the WAL in `<path_prefix>/wal`, segments in `<path_prefix>/chunks`,
-    /// unless `ingester.wal.dir` or `storage_config.filesystem.directory` say otherwise.
+    /// the ruler's state in `<path_prefix>/ruler`, unless `ingester.wal.dir`,
+    /// `storage_config.filesystem.directory` or `ruler.rule_path` say otherwise.
     pub path_prefix: PathBuf,
 }
 
@@ -227,6 +229,7 @@ impl LodeConfig {
         config.explicit = ExplicitPaths {
             wal_dir: has_key(&value, &["ingester", "wal", "dir"]),
             chunks_dir: has_key(&value, &["storage_config", "filesystem", "directory"]),
+            ruler_dir: has_key(&value, &["ruler", "rule_path"]),
         };
         config.derive_paths();
         Ok(config)
@@ -266,6 +269,9 @@ impl LodeConfig {
         }
         if !self.explicit.chunks_dir {
             self.storage_config.filesystem.directory = self.common.path_prefix.join("chunks");
+        }
+        if !self.explicit.ruler_dir {
+            self.ruler.rule_path = self.common.path_prefix.join("ruler");
         }
     }
 
@@ -491,6 +497,7 @@ mod tests {
             c.storage_config.filesystem.directory,
             PathBuf::from("/var/lode/chunks")
         );
+        assert_eq!(c.ruler.rule_path, PathBuf::from("/var/lode/ruler"));
         assert_eq!(c.limits_config.max_line_size.bytes(), 1_000_000);
         assert!(!c.compactor.retention_enabled);
     }
@@ -552,6 +559,16 @@ mod tests {
         let err = expand_env_vars("a: 1\nb: ${OPEN", env(&[])).unwrap_err();
         assert!(err.contains("line 2"), "{err}");
         assert!(expand_env_vars("${1X}", env(&[])).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn env_expansion_never_panics_and_keeps_text_without_dollars(text in ".{0,64}") {
+            let out = expand_env_vars(&text, |_| Some("v".into()));
+            if !text.contains('$') {
+                proptest::prop_assert_eq!(out.unwrap(), text);
+            }
+        }
     }
 
     #[test]

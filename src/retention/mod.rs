@@ -1,8 +1,8 @@
 //! Retention: the compactor loop that deletes data older than a tenant's retention period,
 //! and the cut-off reads apply so they never return such data even before it is deleted.
 //!
-//! Owns the `compactor:` section (`retention_enabled`, `compaction_interval`), the cut-off
-//! arithmetic (`limits_config.retention_period`, per-tenant overrides, per-stream
+//! Owns enforcing the `compactor:` section (`retention_enabled`, `compaction_interval`;
+//! the struct is [`crate::config::CompactorConfig`]), the cut-off arithmetic (`limits_config.retention_period`, per-tenant overrides, per-stream
 //! `retention_stream` rules where the highest priority match wins), and the deletion
 //! itself: a segment whose every chunk is past its stream's cut-off is deleted as a whole
 //! object; a segment where only some streams' chunks are past theirs is rewritten without
@@ -21,44 +21,13 @@ use std::time::Duration;
 use lode_push::LabelSet;
 use parking_lot::Mutex;
 use query_lang::Matcher;
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::CompactorConfig;
 use crate::limits::{Limits, LimitsConfig};
 use crate::metrics::{Metrics, TenantLabels};
 use crate::storage::segment::CopiedChunk;
 use crate::storage::{SegmentMeta, Storage};
 use crate::tenant::TenantId;
-
-/// `compactor:` section of the YAML config (Loki key names).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CompactorConfig {
-    /// Delete data past `retention_period`. Lode keeps 31 days by default, so this is on.
-    pub retention_enabled: bool,
-    /// How often the compactor looks for expired segments.
-    #[serde(with = "humantime_serde")]
-    pub compaction_interval: Duration,
-}
-
-impl Default for CompactorConfig {
-    fn default() -> Self {
-        CompactorConfig {
-            retention_enabled: true,
-            compaction_interval: Duration::from_secs(10 * 60),
-        }
-    }
-}
-
-impl CompactorConfig {
-    pub fn validate(&self) -> Result<(), Error> {
-        if self.compaction_interval.is_zero() {
-            return Err(Error::Config(
-                "compactor.compaction_interval is 0s: use a positive duration such as 10m".into(),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Why a retention pass could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +95,11 @@ impl Retention {
         storage: Arc<Storage>,
         limits: Arc<Limits>,
     ) -> Result<Arc<Retention>, Error> {
-        cfg.validate()?;
+        if cfg.compaction_interval.0.is_zero() {
+            return Err(Error::Config(
+                "compactor.compaction_interval is 0s: use a positive duration such as 10m".into(),
+            ));
+        }
         Ok(Arc::new(Retention {
             cfg,
             storage,
@@ -183,7 +156,7 @@ impl Retention {
     /// at once). Ends when the `Retention` is dropped; does nothing when retention is off.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Retention> = Arc::downgrade(self);
-        let period = self.cfg.compaction_interval;
+        let period = self.cfg.compaction_interval.0;
         let enabled = self.cfg.retention_enabled;
         tokio::spawn(async move {
             if !enabled {
