@@ -402,8 +402,8 @@ impl Tailer {
                     debug!(path = %path.display(), "rotated file too short to identify yet");
                     return;
                 }
-                let copy = (fp_len as usize == FINGERPRINT_BYTES)
-                    .then(|| pos.by_fingerprint(fp, key))
+                let copy = (rotated && fp_len as usize == FINGERPRINT_BYTES)
+                    .then(|| pos.by_fingerprint(fp, key, &path))
                     .flatten();
                 // While the original is still open and unchanged, its reader owns the
                 // data; the copy is read only once the original was truncated (or
