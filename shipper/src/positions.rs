@@ -223,15 +223,30 @@ impl Positions {
         Some((id, t.identity, t.offset))
     }
 
-    /// A tracked file (live or retired) whose full-length fingerprint is `crc`, other
-    /// than `except`: `(id, furthest offset read or committed)`.
-    pub fn by_fingerprint(&self, crc: u32, except: (u64, u64)) -> Option<(FileId, u64)> {
+    /// A tracked file (live or retired) that `path` (device and inode `except`) is a
+    /// copy of: same full-length fingerprint `crc`, same directory, and `path` is the
+    /// tracked name plus a suffix (`0.log` → `0.log.1`), as logrotate's copytruncate
+    /// makes it. Files elsewhere with the same first bytes are different files.
+    /// Returns `(id, furthest offset read or committed)`.
+    pub fn by_fingerprint(
+        &self,
+        crc: u32,
+        except: (u64, u64),
+        path: &Path,
+    ) -> Option<(FileId, u64)> {
+        let name = path.file_name()?.to_str()?;
         self.files
             .iter()
             .filter(|(_, t)| {
                 t.identity.fingerprint_len as usize == FINGERPRINT_BYTES
                     && t.identity.fingerprint == crc
                     && (t.identity.dev, t.identity.inode) != except
+                    && t.path.parent() == path.parent()
+                    && t.path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|orig| name.strip_prefix(orig))
+                        .is_some_and(|rest| rest.starts_with('.'))
             })
             .map(|(id, t)| (*id, t.offset.max(t.read_offset)))
             .max_by_key(|(_, off)| *off)
@@ -494,9 +509,15 @@ mod tests {
         let id = p.insert("/a.log".into(), ident(7, 99), 0);
         p.commit(id, 300);
         p.retire(id, 400);
-        assert_eq!(p.by_fingerprint(99, (1, 8)), Some((id, 400)));
-        assert_eq!(p.by_fingerprint(98, (1, 8)), None);
-        assert_eq!(p.by_fingerprint(99, (1, 7)), None);
+        let copy = Path::new("/a.log.1");
+        assert_eq!(p.by_fingerprint(99, (1, 8), copy), Some((id, 400)));
+        assert_eq!(p.by_fingerprint(98, (1, 8), copy), None);
+        assert_eq!(p.by_fingerprint(99, (1, 7), copy), None);
+        // Same first bytes but another file (another pod, or a name that is not the
+        // original's plus a suffix): not a copy.
+        assert_eq!(p.by_fingerprint(99, (1, 8), Path::new("/b.log")), None);
+        assert_eq!(p.by_fingerprint(99, (1, 8), Path::new("/d/a.log.1")), None);
+        assert_eq!(p.by_fingerprint(99, (1, 8), Path::new("/a.logx")), None);
     }
 
     #[test]

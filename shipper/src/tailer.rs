@@ -402,8 +402,8 @@ impl Tailer {
                     debug!(path = %path.display(), "rotated file too short to identify yet");
                     return;
                 }
-                let copy = (fp_len as usize == FINGERPRINT_BYTES)
-                    .then(|| pos.by_fingerprint(fp, key))
+                let copy = (rotated && fp_len as usize == FINGERPRINT_BYTES)
+                    .then(|| pos.by_fingerprint(fp, key, &path))
                     .flatten();
                 // While the original is still open and unchanged, its reader owns the
                 // data; the copy is read only once the original was truncated (or
@@ -622,6 +622,11 @@ impl Tailer {
             consumed += nl + 1;
         }
         f.carry.drain(..consumed);
+        // The read buffer grows to read_chunk_bytes; holding that per file would cost
+        // 256 KiB x open files, so only the unterminated tail keeps its memory.
+        if f.carry.capacity() > 64 << 10 {
+            f.carry.shrink_to(f.carry.len().max(4 << 10));
+        }
         if f.carry.len() > max_raw {
             // No newline within the cap: keep the head, drop the rest until the newline.
             let start = f.read_offset - f.carry.len() as u64;

@@ -513,3 +513,41 @@ fn a_full_disk_buffer_drops_the_oldest_batches_and_counts_them() {
     let kept = written.split_off(lost);
     assert_exactly_once(&rx.entries(), &kept);
 }
+
+#[test]
+fn pods_whose_logs_start_with_the_same_bytes_are_all_shipped() {
+    // Replicas starting in the same instant write identical first lines; only a copy
+    // in the same directory (copytruncate) may be mistaken for its original.
+    let mut node = Node::new();
+    let rx = Receiver::start();
+    let mut text = String::new();
+    for i in 0..50 {
+        text.push_str(&cri(
+            T0,
+            "stdout",
+            "F",
+            &format!("same line {i:03} of a replica's banner"),
+        ));
+    }
+    for r in 0..3 {
+        append(
+            &node.container_log("shop", &format!("web-{r}"), &format!("uid-{r}"), "web"),
+            &text,
+        );
+    }
+    let mut shipper = node.start_shipper(&node.config(&rx.url(), ""));
+    wait_until("every replica's lines", &shipper, || rx.count() >= 150);
+    shipper.terminate();
+    let got = rx.entries();
+    for r in 0..3 {
+        let pod = format!("web-{r}");
+        let lines: Vec<&str> = got
+            .iter()
+            .filter(|e| e.labels.get("pod") == Some(pod.as_str()))
+            .map(|e| e.line.as_str())
+            .collect();
+        assert_eq!(lines.len(), 50, "{pod}");
+        assert_eq!(lines.first(), Some(&"same line 000 of a replica's banner"));
+    }
+    assert_eq!(got.len(), 150);
+}
