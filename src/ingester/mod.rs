@@ -34,7 +34,7 @@ use tokio::sync::broadcast;
 
 use crate::chunk::{self, SealedBlock, ZSTD_LEVEL};
 use crate::clock::{Clock, Day};
-use crate::metrics::{DiscardReason, Metrics};
+use crate::metrics::Metrics;
 use crate::storage::segment::FlushChunk;
 use crate::storage::Storage;
 use crate::tenant::TenantId;
@@ -48,6 +48,10 @@ const SUBSCRIBER_BUFFER: usize = 4096;
 
 /// Discard reason of entries older than the out-of-order window allows.
 pub const REASON_TOO_FAR_BEHIND: &str = "too_far_behind";
+
+/// Discard reason of exact duplicates (same stream, timestamp and line). Loki drops them
+/// without an error; they are reported so the caller can count them.
+pub const REASON_DUPLICATE: &str = "duplicate";
 
 /// `ingester:` section of the YAML config (Loki key names).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,7 +157,7 @@ pub struct Rejected {
     pub entries: usize,
     /// Line bytes of the refused entries.
     pub bytes: usize,
-    /// Stable snake_case discard reason, e.g. `too_far_behind`.
+    /// Stable snake_case discard reason: `too_far_behind` or `duplicate`.
     pub reason: &'static str,
     /// Loki's message for the first refused entry.
     pub message: String,
@@ -490,27 +494,14 @@ impl Ingester {
         // Check and reserve under the lock, so two concurrent pushes of one entry cannot
         // both pass the duplicate check.
         let mut accepted: Vec<(LabelSet, Vec<Entry>)> = Vec::with_capacity(streams.len());
-        let mut duplicates = Dropped::default();
         {
             let mut heads = self.heads.lock();
             for (labels, entries) in streams {
-                let (keep, rejected, dropped) = heads.check(tenant, &labels, entries, window);
+                let (keep, rejected) = heads.check(tenant, &labels, entries, window);
                 outcome.rejected.extend(rejected);
-                duplicates.entries += dropped.entries;
-                duplicates.bytes += dropped.bytes;
                 if !keep.is_empty() {
                     accepted.push((labels, keep));
                 }
-            }
-        }
-        if duplicates.entries > 0 {
-            if let Some(m) = self.metrics.load().as_deref() {
-                m.distributor.discard(
-                    DiscardReason::Duplicate,
-                    tenant.as_str(),
-                    duplicates.entries as u64,
-                    duplicates.bytes as u64,
-                );
             }
         }
         if accepted.is_empty() {
@@ -607,10 +598,9 @@ impl Ingester {
         all
     }
 
-    /// Sends counters to the process's registry from now on: `lode_ingester_*`, and
-    /// `lode_discarded_samples_total{reason="duplicate"}` for dropped exact duplicates
-    /// (entries refused for other reasons are in [`PushOutcome::rejected`]; the caller
-    /// counts those).
+    /// Sends `lode_ingester_*` counters to the process's registry from now on. Refused
+    /// entries (`too_far_behind`, `duplicate`) are in [`PushOutcome::rejected`]; the
+    /// caller counts those as discards.
     pub fn set_metrics(&self, metrics: Arc<Metrics>) {
         self.metrics.store(Some(metrics));
     }
@@ -738,13 +728,6 @@ impl Ingester {
     }
 }
 
-/// Entries dropped as exact duplicates.
-#[derive(Default)]
-struct Dropped {
-    entries: usize,
-    bytes: usize,
-}
-
 fn record_flush(m: &Metrics, footer: &crate::storage::segment::Footer) {
     m.ingester.flushes.inc();
     for c in footer.streams.iter().flat_map(|s| &s.chunks) {
@@ -793,7 +776,7 @@ impl Heads {
         labels: &LabelSet,
         entries: Vec<Entry>,
         window_ns: i64,
-    ) -> (Vec<Entry>, Vec<Rejected>, Dropped) {
+    ) -> (Vec<Entry>, Vec<Rejected>) {
         let stream = self
             .tenants
             .entry(tenant.clone())
@@ -802,7 +785,7 @@ impl Heads {
             .or_insert_with(StreamHead::new);
         let mut keep = Vec::with_capacity(entries.len());
         let mut behind: Option<Rejected> = None;
-        let mut dropped = Dropped::default();
+        let mut dup: Option<Rejected> = None;
         for e in entries {
             let oldest_ok = stream.newest_ts.saturating_sub(window_ns);
             if stream.newest_ts != i64::MIN && e.timestamp_ns < oldest_ok {
@@ -827,14 +810,24 @@ impl Heads {
             // Exact duplicates are dropped silently, as Loki does: a retrying client must
             // not see an error for data that is already stored.
             if !seen.insert(h) {
-                dropped.entries += 1;
-                dropped.bytes += e.line.len();
+                let r = dup.get_or_insert_with(|| Rejected {
+                    labels: labels.clone(),
+                    entries: 0,
+                    bytes: 0,
+                    reason: REASON_DUPLICATE,
+                    message: format!(
+                        "entry with timestamp {} is an exact duplicate of a stored entry",
+                        rfc3339(e.timestamp_ns)
+                    ),
+                });
+                r.entries += 1;
+                r.bytes += e.line.len();
                 continue;
             }
             stream.newest_ts = stream.newest_ts.max(e.timestamp_ns);
             keep.push(e);
         }
-        (keep, behind.into_iter().collect(), dropped)
+        (keep, behind.into_iter().chain(dup).collect())
     }
 
     /// Releases dedup reservations of entries whose WAL append failed.

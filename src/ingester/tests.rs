@@ -218,7 +218,9 @@ async fn exact_duplicates_are_dropped_but_same_time_other_lines_are_kept() {
         .await
         .unwrap();
     assert_eq!(out.accepted_entries, 2);
-    assert!(out.rejected.is_empty());
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(out.rejected[0].reason, "duplicate");
+    assert_eq!((out.rejected[0].entries, out.rejected[0].bytes), (1, 1));
     let out = ing
         .push(
             &tenant(),
@@ -437,23 +439,4 @@ async fn the_flush_loop_writes_idle_chunks_without_being_asked() {
         "{text}"
     );
     task.abort();
-}
-
-#[tokio::test]
-async fn dropped_duplicates_are_counted_with_reason_duplicate() {
-    let f = Fixture::new();
-    let (ing, _) = f.open(IngesterConfig::default()).await;
-    let metrics = Arc::new(Metrics::new());
-    ing.set_metrics(metrics.clone());
-    ing.push(
-        &tenant(),
-        vec![(labels("api"), vec![entry(T0, "a"), entry(T0, "a")])],
-    )
-    .await
-    .unwrap();
-    let text = metrics.encode();
-    assert!(
-        text.contains(r#"lode_discarded_samples_total{reason="duplicate",tenant="team-a"} 1"#),
-        "{text}"
-    );
 }
