@@ -25,6 +25,7 @@ use crate::ingester::{self, Ingester};
 use crate::limits::{self, Limits};
 use crate::metrics::Metrics;
 use crate::querier::Querier;
+use crate::retention::Retention;
 use crate::ruler::{EngineQuerier, Ruler, RulerError};
 use crate::storage::{self, Storage};
 
@@ -55,6 +56,8 @@ pub enum Error {
     Serve(std::io::Error),
     #[error("cannot start the ruler: {0}")]
     Ruler(#[from] RulerError),
+    #[error("cannot start retention: {0}")]
+    Retention(#[from] crate::retention::Error),
 }
 
 /// A one-way "stop now" signal shared by every task of the server.
@@ -98,6 +101,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub distributor: Arc<Distributor>,
     pub querier: Arc<Querier>,
+    pub retention: Arc<Retention>,
     /// The ruler, when `ruler.enabled`; its routes are mounted only then.
     pub ruler: Option<Ruler>,
     pub shutdown: Shutdown,
@@ -227,6 +231,10 @@ pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
     .await?;
     ingester.set_metrics(metrics.clone());
     background.push(ingester.start());
+    // The compactor loop runs while `retention` lives (it is kept in the state).
+    let retention = Retention::new(config.compactor.clone(), storage.clone(), limits.clone())?;
+    retention.set_metrics(metrics.clone());
+    background.push(retention.start());
     let distributor = Arc::new(Distributor::new(
         limits.clone(),
         metrics.clone(),
@@ -242,6 +250,7 @@ pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
     ));
     let ruler = start_ruler(&config, &querier, &metrics).await?;
     let state = AppState {
+        retention,
         config: config.clone(),
         limits,
         querier,

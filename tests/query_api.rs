@@ -525,3 +525,42 @@ async fn detected_fields_types_json_logfmt_and_metadata_fields() {
     assert_eq!(v["limit"], 1000);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_never_return_entries_past_retention() {
+    let server = TestServer::start(
+        r#"
+limits_config:
+  discover_service_name: []
+  discover_log_levels: false
+  reject_old_samples: false
+  retention_period: 24h
+  max_query_length: 0s
+"#,
+    )
+    .await;
+    let now = now_ns();
+    let two_days = 2 * 86_400_000_000_000_i64;
+    let body = serde_json::json!({"streams": [
+        {"stream": {"app": "ret"}, "values": [[(now - two_days).to_string(), "expired"]]},
+        {"stream": {"app": "ret"}, "values": [[(now - 1_000_000_000).to_string(), "fresh"]]},
+    ]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    let params = vec![
+        ("query", r#"{app="ret"}"#.to_string()),
+        ("start", (now - 3 * 86_400_000_000_000_i64).to_string()),
+        ("end", (now + 1).to_string()),
+    ];
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let lines: Vec<&str> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["values"].as_array().unwrap())
+        .map(|e| e[1].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["fresh"], "{body}");
+    server.stop().await;
+}

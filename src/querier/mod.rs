@@ -114,17 +114,18 @@ impl Querier {
         self.limits.for_tenant(tenant)
     }
 
-    /// The oldest timestamp a tenant may still read: `now - retention_period` (and
-    /// `max_query_lookback` when set), or `i64::MIN` when neither applies.
+    /// The oldest timestamp a tenant may still read: the later of the retention cut-off
+    /// (`retention_period`, applied even before the compactor deletes anything) and
+    /// `max_query_lookback`; `i64::MIN` when neither applies.
     pub fn cutoff_ns(&self, tenant: &TenantId) -> i64 {
-        let limits = self.limits.for_tenant(tenant);
         let now = self.storage.clock().now_ns();
-        [limits.retention_period, limits.max_query_lookback]
-            .iter()
-            .filter(|d| !d.is_zero())
-            .map(|d| now.saturating_sub(d.as_nanos_i64()))
-            .max()
-            .unwrap_or(i64::MIN)
+        let lookback = self.limits.for_tenant(tenant).max_query_lookback;
+        let lookback_cutoff = if lookback.is_zero() {
+            i64::MIN
+        } else {
+            now.saturating_sub(lookback.as_nanos_i64())
+        };
+        crate::retention::cutoff_ns(&self.limits, tenant, now).max(lookback_cutoff)
     }
 
     /// Evaluates `expr` for `tenant`, on the blocking pool, within the tenant's
