@@ -244,13 +244,14 @@ const DUPLICATE_FILE: &str = r#"groups:
         expr: sum(count_over_time({app="api"}[1m]))
 "#;
 
-/// Fails at evaluation: two series, but `max_query_series` is 1.
+/// Fails at evaluation, not at load: `on()` matches both series of each side with each
+/// other, and many-to-many matching is an error.
 const FAILING_FILE: &str = r#"groups:
-  - name: too-many-series
+  - name: many-to-many
     interval: 1s
     rules:
       - record: app:lines:by_app
-        expr: sum by (app) (count_over_time({env="prod"}[1m]))
+        expr: sum by (app) (count_over_time({env="prod"}[1m])) + on() sum by (app) (count_over_time({env="prod"}[1m]))
   - name: always-firing
     interval: 1s
     rules:
@@ -267,12 +268,9 @@ async fn broken_files_failing_queries_and_a_dead_alertmanager_leave_other_groups
     dirs.write("fake", "malformed.yaml", "groups: [name: x\n");
     dirs.write("fake", "failing.yaml", FAILING_FILE);
     let dead_am = format!("http://127.0.0.1:{}", free_port());
-    let yaml = format!(
-        "limits_config:\n  max_query_series: 1\n{}",
-        dirs.config(&format!(
-            "  alertmanager_url: {dead_am}\n  notification_timeout: 1s"
-        ))
-    );
+    let yaml = dirs.config(&format!(
+        "  alertmanager_url: {dead_am}\n  notification_timeout: 1s"
+    ));
     let server = TestServer::start(&yaml).await;
     let now = now_ns();
     for app in ["api", "web"] {
@@ -304,7 +302,7 @@ async fn broken_files_failing_queries_and_a_dead_alertmanager_leave_other_groups
             let failures = metric_sum(
                 &metrics,
                 "lode_ruler_evaluation_failures_total",
-                "rule_group=\"failing.yaml;too-many-series\"",
+                "rule_group=\"failing.yaml;many-to-many\"",
             );
             let healthy = metric_sum(
                 &metrics,
@@ -327,13 +325,10 @@ async fn broken_files_failing_queries_and_a_dead_alertmanager_leave_other_groups
     let names: Vec<&str> = groups.iter().filter_map(|g| g["name"].as_str()).collect();
     assert!(names.contains(&"healthy"), "{names:?}");
     assert!(!names.contains(&"twice"), "duplicate groups are not loaded");
-    let failing = groups
-        .iter()
-        .find(|g| g["name"] == "too-many-series")
-        .unwrap();
+    let failing = groups.iter().find(|g| g["name"] == "many-to-many").unwrap();
     assert_eq!(failing["rules"][0]["health"], "err");
     let last_error = failing["rules"][0]["lastError"].as_str().unwrap_or("");
-    assert!(last_error.contains("max"), "{last_error}");
+    assert!(last_error.contains("many-to-many"), "{last_error}");
     let healthy = groups.iter().find(|g| g["name"] == "healthy").unwrap();
     assert_eq!(healthy["rules"][0]["health"], "ok");
     let firing = groups
