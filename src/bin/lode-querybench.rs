@@ -136,9 +136,10 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Pushes the needle into an existing stream, an hour into the window.
-async fn push_needle(client: &reqwest::Client, url: &str, hours: f64) -> anyhow::Result<()> {
-    let ts = now_ns() - ((hours - 1.0).max(0.0) * 3600.0 * 1e9) as i64;
+/// Pushes the needle into an existing stream, at its newest end (older would be out of
+/// the out-of-order window); a search must still scan every block to find it.
+async fn push_needle(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let ts = now_ns() - 1_000_000_000;
     let body = serde_json::json!({"streams": [{
         "stream": {"namespace": "staging", "app": "worker", "container": "worker",
                    "pod": "worker-7d9f1c-x1q", "job": "staging/worker"},
@@ -213,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(300))
         .build()?;
-    push_needle(&client, &args.url, args.hours).await?;
+    push_needle(&client, &args.url).await?;
     println!(
         "| query class | Loki 3.7.6 | Lode (median of {}) | Lode / Loki speed-up | result series |",
         args.runs

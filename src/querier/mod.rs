@@ -368,17 +368,14 @@ impl LogSource for TenantSource {
             if pieces.is_empty() {
                 continue;
             }
-            let mut clusters = clusters(pieces);
-            if req.direction == Direction::Backward {
-                clusters.reverse();
-            }
-            let reader = ClusterReader {
-                storage: self.storage.clone(),
-                runtime: self.runtime.clone(),
-                cancel: self.cancel.clone(),
-                processed: self.processed.clone(),
-                clusters: clusters.into_iter(),
-            };
+            let reader = MergeReader::new(
+                pieces,
+                req.direction == Direction::Forward,
+                self.storage.clone(),
+                self.runtime.clone(),
+                self.cancel.clone(),
+                self.processed.clone(),
+            );
             out.push(StreamData {
                 labels: stream.labels,
                 batches: Box::new(reader) as BatchIter,
@@ -388,98 +385,212 @@ impl LogSource for TenantSource {
     }
 }
 
-/// Groups pieces whose time ranges overlap; the groups come out ascending and disjoint.
-fn clusters(mut pieces: Vec<Piece>) -> Vec<Vec<Piece>> {
-    pieces.sort_by_key(|p| p.range());
-    let mut out: Vec<Vec<Piece>> = Vec::new();
-    let mut current_max = i64::MIN;
-    for p in pieces {
-        let (lo, hi) = p.range();
-        match out.last_mut() {
-            Some(last) if lo <= current_max => {
-                last.push(p);
-                current_max = current_max.max(hi);
-            }
-            _ => {
-                out.push(vec![p]);
-                current_max = hi;
-            }
-        }
-    }
-    out
+/// The remaining entries `[lo, hi)` of one opened piece.
+struct Cursor {
+    entries: Arc<Vec<Entry>>,
+    lo: usize,
+    hi: usize,
 }
 
-/// Reads clusters lazily: a block is fetched only when the engine asks for its batch, so a
-/// log query that reaches its limit early never reads the rest.
-struct ClusterReader {
+impl Cursor {
+    /// The timestamp of the entry the merge takes next from this piece.
+    fn next_ts(&self, forward: bool) -> Option<i64> {
+        let i = if forward {
+            self.lo
+        } else {
+            self.hi.checked_sub(1)?
+        };
+        (self.lo < self.hi).then(|| self.entries.get(i).map(|e| e.timestamp_ns))?
+    }
+
+    fn next_entry(&self, forward: bool) -> Option<&Entry> {
+        let i = if forward {
+            self.lo
+        } else {
+            self.hi.checked_sub(1)?
+        };
+        (self.lo < self.hi).then(|| self.entries.get(i))?
+    }
+
+    fn advance(&mut self, forward: bool) {
+        if forward {
+            self.lo += 1;
+        } else {
+            self.hi -= 1;
+        }
+    }
+}
+
+/// Reads one stream's pieces (blocks and heads) in time order, as a lazy k-way merge.
+///
+/// A piece is fetched and decoded only when the merge reaches its time range, so a log
+/// query that stops at `limit` reads only the newest (or oldest) blocks, and pieces that
+/// merely touch at their edges are not read together. Runs of one piece that no other
+/// piece interleaves are handed out as slices of the shared decoded block (no copy); an
+/// entry found in two pieces (flushed to a segment while still in a head) comes out once.
+struct MergeReader {
+    forward: bool,
+    /// Unopened pieces in merge order: by first entry (forward) or last entry (backward).
+    pending: std::collections::VecDeque<Piece>,
+    active: Vec<Cursor>,
     storage: Arc<Storage>,
     runtime: tokio::runtime::Handle,
     cancel: Arc<AtomicBool>,
     processed: Arc<Counters>,
-    clusters: std::vec::IntoIter<Vec<Piece>>,
 }
 
-impl ClusterReader {
-    fn read(&self, piece: Piece) -> Result<Arc<Vec<Entry>>, SourceError> {
-        match piece {
-            Piece::Head(e) => Ok(e),
+impl MergeReader {
+    fn new(
+        mut pieces: Vec<Piece>,
+        forward: bool,
+        storage: Arc<Storage>,
+        runtime: tokio::runtime::Handle,
+        cancel: Arc<AtomicBool>,
+        processed: Arc<Counters>,
+    ) -> Self {
+        if forward {
+            pieces.sort_by_key(|p| p.range().0);
+        } else {
+            pieces.sort_by_key(|p| std::cmp::Reverse(p.range().1));
+        }
+        MergeReader {
+            forward,
+            pending: pieces.into(),
+            active: Vec::new(),
+            storage,
+            runtime,
+            cancel,
+            processed,
+        }
+    }
+
+    fn open(&mut self, piece: Piece) -> Result<(), SourceError> {
+        let entries = match piece {
+            Piece::Head(e) => e,
             Piece::Block(seg, block) => self
                 .runtime
                 .block_on(self.storage.read_block(&seg, &block))
                 .map_err(|e| SourceError {
                     message: e.to_string(),
-                }),
+                })?,
+        };
+        let hi = entries.len();
+        self.active.push(Cursor { entries, lo: 0, hi });
+        Ok(())
+    }
+
+    /// True when `a` comes before `b` in merge order.
+    fn before(&self, a: i64, b: i64) -> bool {
+        if self.forward {
+            a < b
+        } else {
+            a > b
+        }
+    }
+
+    fn next_batch(&mut self) -> Result<Option<EntryBatch>, SourceError> {
+        let forward = self.forward;
+        loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(SourceError {
+                    message: "the query was cancelled".to_string(),
+                });
+            }
+            self.active.retain(|c| c.lo < c.hi);
+            // The cursor whose next entry comes first.
+            let best = self
+                .active
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.next_ts(forward).map(|t| (i, t)))
+                .reduce(|a, b| if self.before(b.1, a.1) { b } else { a });
+            let Some((bi, bts)) = best else {
+                match self.pending.pop_front() {
+                    Some(p) => {
+                        self.open(p)?;
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
+            };
+            // A piece that may hold entries at or before the best one must be opened first.
+            if let Some(p) = self.pending.front() {
+                let edge = if forward { p.range().0 } else { p.range().1 };
+                if !self.before(bts, edge) {
+                    if let Some(p) = self.pending.pop_front() {
+                        self.open(p)?;
+                    }
+                    continue;
+                }
+            }
+            // Entries of the best cursor strictly before every other piece's next entry
+            // (and before any unopened piece) go out as one slice.
+            let bound = self
+                .active
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != bi)
+                .filter_map(|(_, c)| c.next_ts(forward))
+                .chain(
+                    self.pending
+                        .front()
+                        .map(|p| if forward { p.range().0 } else { p.range().1 }),
+                )
+                .reduce(|a, b| if self.before(b, a) { b } else { a });
+            let Some(cursor) = self.active.get(bi) else {
+                continue;
+            };
+            let (lo, hi) = (cursor.lo, cursor.hi);
+            let run = cursor.entries.get(lo..hi).unwrap_or_default();
+            let (start, end) = match bound {
+                None => (lo, hi),
+                Some(b) if forward => (lo, lo + run.partition_point(|e| e.timestamp_ns < b)),
+                Some(b) => (lo + run.partition_point(|e| e.timestamp_ns <= b), hi),
+            };
+            let (start, end) = if start < end {
+                (start, end)
+            } else if forward {
+                // A tie with another piece: one entry at a time.
+                (lo, lo + 1)
+            } else {
+                (hi - 1, hi)
+            };
+            let entries = cursor.entries.clone();
+            if let Some(c) = self.active.get_mut(bi) {
+                if forward {
+                    c.lo = end;
+                } else {
+                    c.hi = start;
+                }
+            }
+            if end - start == 1 {
+                // The same entry in another piece (a head not yet cleared after its flush)
+                // is skipped there.
+                if let Some(e) = entries.get(start) {
+                    for c in &mut self.active {
+                        while c.next_entry(forward) == Some(e) {
+                            c.advance(forward);
+                        }
+                    }
+                }
+            }
+            let batch = EntryBatch {
+                entries,
+                start,
+                end,
+            };
+            self.processed.add(batch.as_slice());
+            return Ok(Some(batch));
         }
     }
 }
 
-impl Iterator for ClusterReader {
+impl Iterator for MergeReader {
     type Item = Result<EntryBatch, SourceError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let cluster = self.clusters.next()?;
-        if self.cancel.load(Ordering::Relaxed) {
-            return Some(Err(SourceError {
-                message: "the query was cancelled".to_string(),
-            }));
-        }
-        let mut parts = Vec::with_capacity(cluster.len());
-        for piece in cluster {
-            match self.read(piece) {
-                Ok(e) => parts.push(e),
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        let entries = if parts.len() == 1 {
-            parts.pop()?
-        } else {
-            Arc::new(merge(&parts))
-        };
-        self.processed.add(&entries);
-        Some(Ok(EntryBatch::new(entries)))
+        self.next_batch().transpose()
     }
-}
-
-/// Merges sorted runs into one, ascending by timestamp (ties keep run order), dropping
-/// entries equal in timestamp, line and metadata to one already taken.
-fn merge(parts: &[Arc<Vec<Entry>>]) -> Vec<Entry> {
-    let mut all: Vec<&Entry> = parts.iter().flat_map(|p| p.iter()).collect();
-    all.sort_by_key(|e| e.timestamp_ns);
-    let mut out: Vec<Entry> = Vec::with_capacity(all.len());
-    let mut same_ts_from = 0;
-    for e in all {
-        if out
-            .last()
-            .is_none_or(|last| last.timestamp_ns != e.timestamp_ns)
-        {
-            same_ts_from = out.len();
-        }
-        if out.get(same_ts_from..).is_some_and(|run| run.contains(e)) {
-            continue;
-        }
-        out.push(e.clone());
-    }
-    out
 }
 
 #[cfg(test)]
@@ -494,26 +605,94 @@ mod tests {
         }
     }
 
-    #[test]
-    fn merge_sorts_runs_and_drops_entries_seen_in_two_runs() {
-        let a = Arc::new(vec![entry(1, "a"), entry(3, "c"), entry(5, "e")]);
-        let b = Arc::new(vec![entry(2, "b"), entry(3, "c"), entry(3, "c2")]);
-        let merged = merge(&[a, b]);
-        let lines: Vec<_> = merged.iter().map(|e| e.line.as_str()).collect();
-        assert_eq!(lines, ["a", "b", "c", "c2", "e"]);
+    fn read_all(pieces: Vec<Vec<Entry>>, forward: bool) -> Vec<(i64, String)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let storage = rt
+            .block_on(Storage::with_object_store(
+                Arc::new(object_store::memory::InMemory::new()),
+                1 << 20,
+                Arc::new(crate::clock::SystemClock),
+            ))
+            .unwrap();
+        let pieces = pieces
+            .into_iter()
+            .map(|p| Piece::Head(Arc::new(p)))
+            .collect();
+        let reader = MergeReader::new(
+            pieces,
+            forward,
+            storage,
+            rt.handle().clone(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Counters::default()),
+        );
+        let mut out = Vec::new();
+        let mut last: Option<i64> = None;
+        for batch in reader {
+            let batch = batch.unwrap();
+            let slice = batch.as_slice();
+            assert!(slice
+                .windows(2)
+                .all(|w| w[0].timestamp_ns <= w[1].timestamp_ns));
+            let (first, end) = (slice[0].timestamp_ns, slice[slice.len() - 1].timestamp_ns);
+            if let Some(l) = last {
+                if forward {
+                    assert!(first >= l, "batches come in order");
+                } else {
+                    assert!(end <= l, "batches come in order");
+                }
+            }
+            last = Some(if forward { end } else { first });
+            let mut lines: Vec<_> = slice
+                .iter()
+                .map(|e| (e.timestamp_ns, e.line.clone()))
+                .collect();
+            if !forward {
+                lines.reverse();
+            }
+            out.extend(lines);
+        }
+        out
     }
 
     #[test]
-    fn overlapping_pieces_form_one_cluster_and_disjoint_ones_stay_apart() {
-        let p = |lo, hi| Piece::Head(Arc::new(vec![entry(lo, "x"), entry(hi, "y")]));
-        let c = clusters(vec![p(10, 20), p(0, 5), p(15, 30), p(31, 40)]);
-        let ranges: Vec<Vec<(i64, i64)>> = c
+    fn overlapping_pieces_merge_in_time_order_and_shared_entries_come_once() {
+        let a = vec![entry(1, "a"), entry(3, "c"), entry(5, "e"), entry(9, "i")];
+        let b = vec![entry(2, "b"), entry(3, "c"), entry(4, "d")];
+        let c = vec![entry(20, "t"), entry(21, "u")];
+        let want = |rev: bool| {
+            let mut v: Vec<(i64, String)> = [
+                (1, "a"),
+                (2, "b"),
+                (3, "c"),
+                (4, "d"),
+                (5, "e"),
+                (9, "i"),
+                (20, "t"),
+                (21, "u"),
+            ]
             .iter()
-            .map(|c| c.iter().map(Piece::range).collect())
+            .map(|(t, l)| (*t, l.to_string()))
             .collect();
+            if rev {
+                v.reverse();
+            }
+            v
+        };
         assert_eq!(
-            ranges,
-            vec![vec![(0, 5)], vec![(10, 20), (15, 30)], vec![(31, 40)]]
+            read_all(vec![a.clone(), b.clone(), c.clone()], true),
+            want(false)
         );
+        assert_eq!(read_all(vec![c, b, a], false), want(true));
+    }
+
+    #[test]
+    fn same_timestamp_different_lines_are_all_kept() {
+        let a = vec![entry(1, "x"), entry(1, "y")];
+        let b = vec![entry(1, "z")];
+        let got = read_all(vec![a, b], true);
+        assert_eq!(got.len(), 3, "{got:?}");
     }
 }
