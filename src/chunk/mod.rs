@@ -256,6 +256,14 @@ pub fn decode_block_meta(bytes: &[u8]) -> Result<BlockMeta, Error> {
 /// Decodes one block: verifies magic, version and checksum, decompresses with a bounded
 /// buffer, and checks the entries agree with the header.
 pub fn decode_block(bytes: &[u8]) -> Result<(BlockMeta, Vec<Entry>), Error> {
+    let (meta, raw) = decompress_block(bytes)?;
+    let entries = parse_payload(&meta, &raw)?;
+    Ok((meta, entries))
+}
+
+/// A block's verified header and its decompressed payload, not yet parsed into entries:
+/// enough to test the payload for a substring before paying for the entries.
+pub fn decompress_block(bytes: &[u8]) -> Result<(BlockMeta, Vec<u8>), Error> {
     let (meta, uncompressed, payload, _) = read_block_header(bytes)?;
     let raw = zstd::bulk::decompress(payload, uncompressed)?;
     if raw.len() != uncompressed {
@@ -264,7 +272,13 @@ pub fn decode_block(bytes: &[u8]) -> Result<(BlockMeta, Vec<Entry>), Error> {
             raw.len()
         )));
     }
-    let mut r = Reader::new(&raw);
+    Ok((meta, raw))
+}
+
+/// Parses a payload from [`decompress_block`] into its entries, checking them against
+/// the header.
+pub fn parse_payload(meta: &BlockMeta, raw: &[u8]) -> Result<Vec<Entry>, Error> {
+    let mut r = Reader::new(raw);
     // 16 bytes is the smallest entry: ts, empty line, no metadata.
     let mut entries = Vec::with_capacity((meta.count as usize).min(raw.len() / 16));
     let mut raw_bytes = 0u64;
@@ -292,7 +306,7 @@ pub fn decode_block(bytes: &[u8]) -> Result<(BlockMeta, Vec<Entry>), Error> {
             meta.raw_bytes
         )));
     }
-    Ok((meta, entries))
+    Ok(entries)
 }
 
 /// One block inside an encoded chunk: its metadata and byte range within the chunk.

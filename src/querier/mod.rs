@@ -11,10 +11,11 @@
 //! compactor deletes it. It does not own LogQL (query-lang) nor HTTP (`crate::api`).
 //!
 //! Batches of one stream must come in time order. Blocks of one stream can overlap in
-//! time (out-of-order pushes, heads not yet flushed), so overlapping pieces are grouped
-//! into one *cluster* that is merged, sorted and de-duplicated (an entry flushed to a
-//! segment while still visible in a head is returned once); disjoint clusters are
-//! returned one by one, lazily, in the requested direction.
+//! time (out-of-order pushes, heads not yet flushed), so a stream's pieces are read as a
+//! lazy k-way merge that de-duplicates (an entry flushed to a segment while still visible
+//! in a head is returned once). The next blocks are fetched and decoded ahead on the
+//! blocking pool while the engine works, and a block whose decompressed payload lacks a
+//! substring the query's leading `|=` filters require is skipped without being parsed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,15 +23,15 @@ use std::time::Duration;
 
 use lode_push::{Entry, LabelSet};
 use query_lang::eval::{
-    self, BatchIter, Direction, EntryBatch, EvalError, LogSource, QueryParams, QueryResult,
-    SelectRequest, SourceError, StreamData,
+    self, required_substrings, BatchIter, Direction, EntryBatch, EvalError, LogSource, QueryParams,
+    QueryResult, SelectRequest, SourceError, StreamData,
 };
 use query_lang::{Expr, Matcher};
 use tokio::sync::Semaphore;
 
 use crate::limits::{Limits, LimitsConfig};
 use crate::storage::segment::BlockInfo;
-use crate::storage::{SegmentMeta, Storage};
+use crate::storage::{BlockFilter, SegmentMeta, Storage};
 use crate::tenant::TenantId;
 
 /// Unflushed entries, as the ingester holds them.
@@ -348,6 +349,7 @@ impl LogSource for TenantSource {
             return Ok(Vec::new());
         }
         let index = self.storage.index();
+        let filter = BlockFilter::new(required_substrings(req.line_filters));
         let mut out = Vec::new();
         for stream in index.streams(&self.tenant, req.matchers, start, req.end_ns) {
             let mut pieces = Vec::new();
@@ -371,6 +373,7 @@ impl LogSource for TenantSource {
             let reader = MergeReader::new(
                 pieces,
                 req.direction == Direction::Forward,
+                filter.clone(),
                 self.storage.clone(),
                 self.runtime.clone(),
                 self.cancel.clone(),
@@ -430,8 +433,15 @@ impl Cursor {
 /// entry found in two pieces (flushed to a segment while still in a head) comes out once.
 struct MergeReader {
     forward: bool,
+    /// Blocks (not heads: they are already in memory) holding none of a required
+    /// substring are skipped unparsed.
+    filter: BlockFilter,
     /// Unopened pieces in merge order: by first entry (forward) or last entry (backward).
     pending: std::collections::VecDeque<Piece>,
+    /// Reads of the next pending blocks, started early so that fetching and decoding
+    /// run on the blocking pool while the engine works on the current ones; as long as
+    /// `pending`'s front.
+    prefetched: std::collections::VecDeque<Prefetch>,
     active: Vec<Cursor>,
     storage: Arc<Storage>,
     runtime: tokio::runtime::Handle,
@@ -439,10 +449,22 @@ struct MergeReader {
     processed: Arc<Counters>,
 }
 
+/// A started read of a pending block (its result is `None` when the filter skipped the
+/// block), or nothing to do for a head, whose entries are already in memory.
+enum Prefetch {
+    Block(tokio::task::JoinHandle<Result<Option<Arc<Vec<Entry>>>, crate::storage::Error>>),
+    Head,
+}
+
+/// Pending blocks read ahead of the merge: enough to keep the second core decoding while
+/// the engine works, few enough to bound the memory held per stream.
+const PREFETCH_BLOCKS: usize = 2;
+
 impl MergeReader {
     fn new(
         mut pieces: Vec<Piece>,
         forward: bool,
+        filter: BlockFilter,
         storage: Arc<Storage>,
         runtime: tokio::runtime::Handle,
         cancel: Arc<AtomicBool>,
@@ -455,7 +477,9 @@ impl MergeReader {
         }
         MergeReader {
             forward,
+            filter,
             pending: pieces.into(),
+            prefetched: std::collections::VecDeque::new(),
             active: Vec::new(),
             storage,
             runtime,
@@ -464,18 +488,50 @@ impl MergeReader {
         }
     }
 
-    fn open(&mut self, piece: Piece) -> Result<(), SourceError> {
-        let entries = match piece {
-            Piece::Head(e) => e,
-            Piece::Block(seg, block) => self
-                .runtime
-                .block_on(self.storage.read_block(&seg, &block))
-                .map_err(|e| SourceError {
-                    message: e.to_string(),
-                })?,
+    /// Starts reads of the first [`PREFETCH_BLOCKS`] pending pieces not yet started.
+    fn prefetch(&mut self) {
+        while self.prefetched.len() < self.pending.len().min(PREFETCH_BLOCKS) {
+            let handle =
+                match self.pending.get(self.prefetched.len()) {
+                    Some(Piece::Block(seg, block)) => {
+                        let (storage, seg, block) = (self.storage.clone(), seg.clone(), *block);
+                        let filter = self.filter.clone();
+                        Prefetch::Block(self.runtime.spawn(async move {
+                            storage.read_block_if(&seg, &block, &filter).await
+                        }))
+                    }
+                    Some(Piece::Head(_)) => Prefetch::Head,
+                    None => break,
+                };
+            self.prefetched.push_back(handle);
+        }
+    }
+
+    /// Opens the front pending piece (its read may already be under way).
+    fn open_next(&mut self) -> Result<(), SourceError> {
+        let Some(piece) = self.pending.pop_front() else {
+            return Ok(());
         };
-        let hi = entries.len();
-        self.active.push(Cursor { entries, lo: 0, hi });
+        let started = self.prefetched.pop_front();
+        self.prefetch();
+        let err = |message: String| SourceError { message };
+        let entries = match (piece, started) {
+            (Piece::Head(e), _) => Some(e),
+            (Piece::Block(..), Some(Prefetch::Block(handle))) => self
+                .runtime
+                .block_on(handle)
+                .map_err(|e| err(format!("block read failed: {e}")))?
+                .map_err(|e| err(e.to_string()))?,
+            (Piece::Block(seg, block), _) => self
+                .runtime
+                .block_on(self.storage.read_block_if(&seg, &block, &self.filter))
+                .map_err(|e| err(e.to_string()))?,
+        };
+        // A skipped block holds no line that can pass the query's filters.
+        if let Some(entries) = entries {
+            let hi = entries.len();
+            self.active.push(Cursor { entries, lo: 0, hi });
+        }
         Ok(())
     }
 
@@ -505,21 +561,17 @@ impl MergeReader {
                 .filter_map(|(i, c)| c.next_ts(forward).map(|t| (i, t)))
                 .reduce(|a, b| if self.before(b.1, a.1) { b } else { a });
             let Some((bi, bts)) = best else {
-                match self.pending.pop_front() {
-                    Some(p) => {
-                        self.open(p)?;
-                        continue;
-                    }
-                    None => return Ok(None),
+                if self.pending.is_empty() {
+                    return Ok(None);
                 }
+                self.open_next()?;
+                continue;
             };
             // A piece that may hold entries at or before the best one must be opened first.
             if let Some(p) = self.pending.front() {
                 let edge = if forward { p.range().0 } else { p.range().1 };
                 if !self.before(bts, edge) {
-                    if let Some(p) = self.pending.pop_front() {
-                        self.open(p)?;
-                    }
+                    self.open_next()?;
                     continue;
                 }
             }
@@ -623,6 +675,7 @@ mod tests {
         let reader = MergeReader::new(
             pieces,
             forward,
+            BlockFilter::default(),
             storage,
             rt.handle().clone(),
             Arc::new(AtomicBool::new(false)),

@@ -218,6 +218,46 @@ fn decoded_size(entries: &[Entry]) -> usize {
         .sum()
 }
 
+/// Substrings a block must contain to be worth parsing: every group must have at least
+/// one of its needles somewhere in the decompressed payload (a query's `|= "a" or "b"`
+/// filters, in order). Matches in timestamps or metadata only cost a parse; the query
+/// engine applies the real filters afterwards, so the test may err only towards `true`.
+#[derive(Clone, Debug, Default)]
+pub struct BlockFilter {
+    groups: Arc<Vec<Vec<memchr::memmem::Finder<'static>>>>,
+}
+
+impl BlockFilter {
+    /// A filter requiring, for each group, one of its needles. Empty needles and groups
+    /// holding one are dropped (they match everything).
+    pub fn new(groups: Vec<Vec<String>>) -> Self {
+        let groups = groups
+            .into_iter()
+            .filter(|g| !g.is_empty() && g.iter().all(|n| !n.is_empty()))
+            .map(|g| {
+                g.iter()
+                    .map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned())
+                    .collect()
+            })
+            .collect();
+        BlockFilter {
+            groups: Arc::new(groups),
+        }
+    }
+
+    /// True when the filter passes every block.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Whether `payload` may hold a matching line.
+    pub fn may_match(&self, payload: &[u8]) -> bool {
+        self.groups
+            .iter()
+            .all(|g| g.iter().any(|f| f.find(payload).is_some()))
+    }
+}
+
 /// Segments of every tenant, the index over them, and the block cache.
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
@@ -452,17 +492,45 @@ impl Storage {
         meta: &SegmentMeta,
         block: &BlockInfo,
     ) -> Result<Arc<Vec<Entry>>, Error> {
+        let all = BlockFilter::default();
+        match self.read_block_if(meta, block, &all).await? {
+            Some(entries) => Ok(entries),
+            None => Err(Error::Task(
+                "a block with no filter was skipped".to_string(),
+            )),
+        }
+    }
+
+    /// Like [`Self::read_block`], but a block that is not cached and whose decompressed
+    /// payload fails `filter` is skipped (`None`) without parsing or caching its entries:
+    /// a substring search pays for decompression and one memmem pass per block, and the
+    /// entries only of blocks that may match.
+    pub async fn read_block_if(
+        &self,
+        meta: &SegmentMeta,
+        block: &BlockInfo,
+        filter: &BlockFilter,
+    ) -> Result<Option<Arc<Vec<Entry>>>, Error> {
         let key = (meta.id, block.offset);
         if let Some((entries, _)) = self.cache.lock().lru.get(&key) {
-            return Ok(entries.clone());
+            return Ok(Some(entries.clone()));
         }
         let bytes = self
             .read_range(meta, block.offset..block.offset + u64::from(block.len))
             .await?;
-        let (decoded_meta, entries) =
-            tokio::task::spawn_blocking(move || chunk::decode_block(&bytes))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??;
+        let filter = filter.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            let (meta, raw) = chunk::decompress_block(&bytes)?;
+            if !filter.may_match(&raw) {
+                return Ok::<_, chunk::Error>(None);
+            }
+            chunk::parse_payload(&meta, &raw).map(|entries| Some((meta, entries)))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        let Some((decoded_meta, entries)) = decoded else {
+            return Ok(None);
+        };
         if decoded_meta != block.meta {
             return Err(Error::CorruptSegment {
                 key: meta.path.to_string(),
@@ -487,7 +555,7 @@ impl Storage {
                 }
             }
         }
-        Ok(entries)
+        Ok(Some(entries))
     }
 
     /// Bytes currently held by the decoded-block cache.
@@ -499,4 +567,77 @@ impl Storage {
 /// Non-zero helper for configs that size things in items rather than bytes.
 pub fn non_zero(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::SealedBlock;
+    use crate::clock::Day;
+    use lode_push::LabelSet;
+    use segment::FlushChunk;
+
+    fn block(lines: &[&str]) -> SealedBlock {
+        let entries = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Entry {
+                timestamp_ns: i as i64 + 1,
+                line: (*l).to_string(),
+                structured_metadata: vec![],
+            })
+            .collect();
+        SealedBlock::seal(entries, 1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn filtered_reads_skip_blocks_without_the_substring_and_keep_cached_ones() {
+        let storage = Storage::with_object_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            1 << 20,
+            Arc::new(crate::clock::SystemClock),
+        )
+        .await
+        .unwrap();
+        let tenant = TenantId::new("t").unwrap();
+        let chunks = vec![FlushChunk {
+            labels: LabelSet::parse(r#"{app="a"}"#).unwrap(),
+            blocks: vec![
+                block(&["GET /ok 200", "GET /ok 200"]),
+                block(&["GET /x 500 error", "GET /ok 200"]),
+            ],
+        }];
+        let seg = storage
+            .write_segment(&tenant, Day(20000), chunks, vec![], vec![])
+            .await
+            .unwrap();
+        let blocks = seg.footer.streams[0].chunks[0].blocks.clone();
+        let error = BlockFilter::new(vec![vec!["error".to_string()]]);
+        let first = storage.read_block_if(&seg, &blocks[0], &error).await;
+        assert!(first.unwrap().is_none(), "no line of block 0 holds 'error'");
+        let second = storage.read_block_if(&seg, &blocks[1], &error).await;
+        assert_eq!(second.unwrap().unwrap().len(), 2);
+        // Alternatives: either needle keeps the block.
+        let either = BlockFilter::new(vec![vec!["nope".to_string(), "/ok".to_string()]]);
+        assert!(storage
+            .read_block_if(&seg, &blocks[0], &either)
+            .await
+            .unwrap()
+            .is_some());
+        // Every group must be met.
+        let both = BlockFilter::new(vec![vec!["/ok".to_string()], vec!["nope".to_string()]]);
+        let cached_now = storage.read_block_if(&seg, &blocks[1], &both).await;
+        assert!(
+            cached_now.unwrap().is_some(),
+            "a cached block is returned whole; the engine filters its lines"
+        );
+        storage.cache.lock().lru.clear();
+        assert!(storage
+            .read_block_if(&seg, &blocks[1], &both)
+            .await
+            .unwrap()
+            .is_none());
+        // An empty needle matches everything.
+        assert!(BlockFilter::new(vec![vec![String::new()]]).is_empty());
+    }
 }

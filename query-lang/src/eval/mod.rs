@@ -16,8 +16,8 @@ mod vector;
 
 pub use result::{EntryLabels, LogEntry, Point, QueryResult, Sample, Series, Stream};
 pub use source::{
-    BatchIter, Direction, EntryBatch, InMemorySource, LogSource, SelectRequest, SourceError,
-    StreamData,
+    required_substrings, BatchIter, Direction, EntryBatch, InMemorySource, LogSource,
+    SelectRequest, SourceError, StreamData,
 };
 
 use crate::log::PipelineError;

@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 
 use super::log_query::{leading_line_filters, print_labels};
-use super::source::{Direction, LogSource, SelectRequest};
+use super::source::{Direction, LogSource, SelectRequest, StreamData};
 use super::{EvalError, QueryParams};
 use crate::log::conversion::{parse_bytes, parse_duration_seconds, parse_float};
 use crate::log::label_filter::LabelFilter;
+use crate::log::labels::LabelsDelta;
 use crate::log::labels::SAMPLE_EXTRACTION_ERR;
 use crate::log::{referenced_labels, Labels, LabelsBuilder, Pipeline, Wanted, ERROR_LABEL};
 use crate::syntax::ast::{Conversion, Grouping, RangeAggregation, RangeOp};
@@ -93,6 +94,10 @@ impl Hint {
             .is_some_and(|w| w.iter().any(|n| n == ERROR_LABEL))
     }
 }
+
+/// Distinct label deltas remembered per stream; lines past it take the slow path (a
+/// parser producing a unique value per line must not grow an unbounded cache).
+const MAX_DELTAS_PER_STREAM: usize = 4096;
 
 struct SeriesSamples {
     labels: Labels,
@@ -190,90 +195,18 @@ pub(crate) fn eval_range_agg(
         line_filters: &hints,
     };
     let streams = ctx.source.select(&req)?;
-    let mut series: Vec<SeriesSamples> = Vec::new();
-    let mut index: HashMap<Labels, usize> = HashMap::new();
     let absent = agg.op == RangeOp::AbsentOverTime;
-    let simple = !pipeline.changes_labels() && lr.unwrap.is_none();
-    for stream in streams {
-        let stream_labels = stream.labels;
-        let stream_key: Labels = if absent {
-            Vec::new()
-        } else {
-            apply_grouping(&stream_labels.pairs().to_vec(), &agg.grouping)
-        };
-        let mut stream_slot: Option<usize> = None;
-        for batch in stream.batches {
-            let batch = batch?;
-            for entry in batch.as_slice() {
-                let ts = entry.timestamp_ns;
-                if ts <= from || ts > to {
-                    continue;
-                }
-                let mut lb = LabelsBuilder::new(&stream_labels);
-                lb.reset(&entry.structured_metadata);
-                let Some(line) = pipeline.process(ts, &entry.line, &mut lb) else {
-                    continue;
-                };
-                let value = match &lr.unwrap {
-                    None => match agg.op {
-                        RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
-                        _ => 1.0,
-                    },
-                    Some(u) => {
-                        let raw = match lb.get(&u.label) {
-                            Some(v) if !v.is_empty() => v.to_owned(),
-                            _ => continue,
-                        };
-                        let v = match convert(u.conversion, &raw) {
-                            Ok(v) => v,
-                            Err(details) => {
-                                lb.set_error_if_none(SAMPLE_EXTRACTION_ERR, details);
-                                0.0
-                            }
-                        };
-                        if !post_filters.iter().all(|f| f.keep(&mut lb)) {
-                            continue;
-                        }
-                        lb.delete(&u.label);
-                        v
-                    }
-                };
-                if let Some(kind) = lb.error() {
-                    if !preserve {
-                        return Err(EvalError::SeriesError {
-                            kind: kind.to_owned(),
-                            series: print_labels(&lb.labels()),
-                        });
-                    }
-                }
-                let slot = if simple && lb.is_unchanged() {
-                    match stream_slot {
-                        Some(s) => s,
-                        None => {
-                            let s = slot_for(&mut index, &mut series, stream_key.clone());
-                            stream_slot = Some(s);
-                            s
-                        }
-                    }
-                } else if absent {
-                    slot_for(&mut index, &mut series, Vec::new())
-                } else {
-                    slot_for(
-                        &mut index,
-                        &mut series,
-                        apply_grouping(&lb.labels(), &agg.grouping),
-                    )
-                };
-                if let Some(s) = series.get_mut(slot) {
-                    if s.ts.last().is_some_and(|last| *last > ts) {
-                        s.sorted = false;
-                    }
-                    s.ts.push(ts);
-                    s.values.push(value);
-                }
-            }
-        }
-    }
+    let job = StreamJob {
+        agg,
+        pipeline: &pipeline,
+        post_filters: &post_filters,
+        preserve,
+        from,
+        to,
+        absent,
+        simple: !pipeline.changes_labels() && lr.unwrap.is_none(),
+    };
+    let series = collect_parallel(streams, &job)?;
     if absent {
         return Ok(absent_matrix(agg, &series, grid, lr.range, lr.offset));
     }
@@ -294,6 +227,207 @@ pub(crate) fn eval_range_agg(
         }
     }
     Ok(out)
+}
+
+/// What every stream of one range aggregation is run with.
+struct StreamJob<'a> {
+    agg: &'a RangeAggregation,
+    pipeline: &'a Pipeline,
+    post_filters: &'a [LabelFilter],
+    preserve: bool,
+    from: i64,
+    to: i64,
+    absent: bool,
+    simple: bool,
+}
+
+/// Samples of the series seen so far, keyed by their labels.
+#[derive(Default)]
+struct Collector {
+    series: Vec<SeriesSamples>,
+    index: HashMap<Labels, usize>,
+}
+
+impl Collector {
+    /// Moves `other`'s samples in; a series both hold is marked for re-sorting when the
+    /// appended samples are older than its newest.
+    fn absorb(&mut self, other: Collector) {
+        for s in other.series {
+            let slot = slot_for(&mut self.index, &mut self.series, s.labels);
+            if let Some(t) = self.series.get_mut(slot) {
+                if !s.sorted || t.ts.last().zip(s.ts.first()).is_some_and(|(a, b)| a > b) {
+                    t.sorted = false;
+                }
+                t.ts.extend(s.ts);
+                t.values.extend(s.values);
+            }
+        }
+    }
+}
+
+/// Runs every stream through `job` on up to one thread per core (streams are
+/// independent until their samples meet in a series) and returns the series sorted by
+/// labels, so the answer does not depend on which thread took which stream.
+fn collect_parallel(
+    streams: Vec<StreamData>,
+    job: &StreamJob<'_>,
+) -> Result<Vec<SeriesSamples>, EvalError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(streams.len())
+        .max(1);
+    let queue = std::sync::Mutex::new(streams.into_iter());
+    let next = || queue.lock().ok().and_then(|mut q| q.next());
+    let run = || -> Result<Collector, EvalError> {
+        let mut pipeline = job.pipeline.clone();
+        let mut c = Collector::default();
+        while let Some(stream) = next() {
+            collect_stream(stream, job, &mut pipeline, &mut c)?;
+        }
+        Ok(c)
+    };
+    let mut collectors = if workers == 1 {
+        vec![run()?]
+    } else {
+        let results: Vec<Result<Collector, EvalError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers).map(|_| scope.spawn(run)).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(EvalError::InvalidParams("a query worker panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        results.into_iter().collect::<Result<Vec<_>, _>>()?
+    };
+    let mut all = collectors.pop().unwrap_or_default();
+    for c in collectors {
+        all.absorb(c);
+    }
+    let mut series = all.series;
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(series)
+}
+
+/// Turns one stream's lines into samples of `c`'s series.
+fn collect_stream(
+    stream: StreamData,
+    job: &StreamJob<'_>,
+    pipeline: &mut Pipeline,
+    c: &mut Collector,
+) -> Result<(), EvalError> {
+    let StreamJob {
+        agg,
+        post_filters,
+        preserve,
+        from,
+        to,
+        absent,
+        simple,
+        ..
+    } = *job;
+    let lr = &agg.range;
+    let (series, index) = (&mut c.series, &mut c.index);
+    let stream_labels = stream.labels;
+    let stream_key: Labels = if absent {
+        Vec::new()
+    } else {
+        apply_grouping(&stream_labels.pairs().to_vec(), &agg.grouping)
+    };
+    let mut stream_slot: Option<usize> = None;
+    // Lines of this stream whose labels differ from the stream's (structured
+    // metadata, parsed labels) keyed by that difference: most lines repeat a few
+    // deltas, so the full label set is built once per delta, not once per line.
+    let mut delta_slots: HashMap<u64, Vec<(LabelsDelta, usize)>> = HashMap::new();
+    for batch in stream.batches {
+        let batch = batch?;
+        for entry in batch.as_slice() {
+            let ts = entry.timestamp_ns;
+            if ts <= from || ts > to {
+                continue;
+            }
+            let mut lb = LabelsBuilder::new(&stream_labels);
+            lb.reset(&entry.structured_metadata);
+            let Some(line) = pipeline.process(ts, &entry.line, &mut lb) else {
+                continue;
+            };
+            let value = match &lr.unwrap {
+                None => match agg.op {
+                    RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
+                    _ => 1.0,
+                },
+                Some(u) => {
+                    let raw = match lb.get(&u.label) {
+                        Some(v) if !v.is_empty() => v.to_owned(),
+                        _ => continue,
+                    };
+                    let v = match convert(u.conversion, &raw) {
+                        Ok(v) => v,
+                        Err(details) => {
+                            lb.set_error_if_none(SAMPLE_EXTRACTION_ERR, details);
+                            0.0
+                        }
+                    };
+                    if !post_filters.iter().all(|f| f.keep(&mut lb)) {
+                        continue;
+                    }
+                    lb.delete(&u.label);
+                    v
+                }
+            };
+            if let Some(kind) = lb.error() {
+                if !preserve {
+                    return Err(EvalError::SeriesError {
+                        kind: kind.to_owned(),
+                        series: print_labels(&lb.labels()),
+                    });
+                }
+            }
+            let slot = if simple && lb.is_unchanged() {
+                match stream_slot {
+                    Some(s) => s,
+                    None => {
+                        let s = slot_for(index, series, stream_key.clone());
+                        stream_slot = Some(s);
+                        s
+                    }
+                }
+            } else if absent {
+                slot_for(index, series, Vec::new())
+            } else {
+                let hash = lb.delta_hash();
+                let known = delta_slots.get(&hash).and_then(|v| {
+                    v.iter()
+                        .find(|(d, _)| lb.delta_matches(d))
+                        .map(|(_, slot)| *slot)
+                });
+                match known {
+                    Some(slot) => slot,
+                    None => {
+                        let slot =
+                            slot_for(index, series, apply_grouping(&lb.labels(), &agg.grouping));
+                        if delta_slots.len() < MAX_DELTAS_PER_STREAM {
+                            delta_slots
+                                .entry(hash)
+                                .or_default()
+                                .push((lb.delta(), slot));
+                        }
+                        slot
+                    }
+                }
+            };
+            if let Some(s) = series.get_mut(slot) {
+                if s.ts.last().is_some_and(|last| *last > ts) {
+                    s.sorted = false;
+                }
+                s.ts.push(ts);
+                s.values.push(value);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn slot_for(

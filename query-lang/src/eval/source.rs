@@ -40,6 +40,28 @@ pub struct SelectRequest<'a> {
     pub line_filters: &'a [LineFilter],
 }
 
+/// The substrings a line must contain to pass `filters` (leading line filters), as
+/// groups of alternatives: a line passes only if, for every group, it contains one of
+/// the group's strings (`|= "a" or "b"` is one group of two). Filters other than `|=`
+/// with literal operands add no group. A store may skip a block holding no alternative
+/// of some group.
+pub fn required_substrings(filters: &[LineFilter]) -> Vec<Vec<String>> {
+    use crate::syntax::ast::{LineFilterOp, LineFilterValue};
+    filters
+        .iter()
+        .filter(|f| f.op == LineFilterOp::Contains && !f.values.is_empty())
+        .filter_map(|f| {
+            f.values
+                .iter()
+                .map(|v| match v {
+                    LineFilterValue::Literal(s) if !s.is_empty() => Some(s.clone()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<String>>>()
+        })
+        .collect()
+}
+
 /// A contiguous run of one stream's entries, ascending by timestamp, shared with the
 /// store's cache: the entries are `entries[start..end]`.
 #[derive(Clone, Debug)]
@@ -192,6 +214,28 @@ mod tests {
             line: line.to_owned(),
             structured_metadata: vec![],
         }
+    }
+
+    #[test]
+    fn required_substrings_come_from_contains_filters_with_literals_only() {
+        use crate::syntax::ast::{LineFilterOp as Op, LineFilterValue as V};
+        let f = |op, values: Vec<V>| LineFilter { op, values };
+        let lit = |s: &str| V::Literal(s.to_string());
+        let filters = vec![
+            f(Op::Contains, vec![lit("error")]),
+            f(Op::Contains, vec![lit("a"), lit("b")]),
+            f(Op::Contains, vec![lit("")]),
+            f(Op::Contains, vec![V::Ip("10.0.0.0/8".to_string())]),
+            f(Op::NotContains, vec![lit("debug")]),
+            f(Op::Match, vec![lit("x+")]),
+        ];
+        assert_eq!(
+            required_substrings(&filters),
+            vec![
+                vec!["error".to_string()],
+                vec!["a".to_string(), "b".to_string()]
+            ]
+        );
     }
 
     #[test]

@@ -51,6 +51,16 @@ pub struct LabelsBuilder<'a> {
     error_details: Option<String>,
 }
 
+/// A line's labels relative to its stream's; see [`LabelsBuilder::delta`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelsDelta {
+    metadata: Vec<(String, String)>,
+    parsed: Vec<(String, String)>,
+    hidden: Vec<String>,
+    error: Option<String>,
+    error_details: Option<String>,
+}
+
 impl<'a> LabelsBuilder<'a> {
     /// A builder for lines of the stream labelled `stream`.
     pub fn new(stream: &'a LabelSet) -> Self {
@@ -230,6 +240,41 @@ impl<'a> LabelsBuilder<'a> {
             names.push(ERROR_DETAILS_LABEL.to_owned());
         }
         names
+    }
+
+    /// What sets this line's labels apart from its stream's: everything [`Self::labels`]
+    /// adds to or removes from the stream labels. Two lines of one stream with equal
+    /// deltas have equal labels, so a caller can key per-line work by the delta instead of
+    /// building and hashing the whole label set.
+    pub fn delta(&self) -> LabelsDelta {
+        LabelsDelta {
+            metadata: self.metadata.to_vec(),
+            parsed: self.parsed.clone(),
+            hidden: self.hidden.clone(),
+            error: self.error.clone(),
+            error_details: self.error_details.clone(),
+        }
+    }
+
+    /// Whether this line's delta equals `d` (see [`Self::delta`]), without allocating.
+    pub fn delta_matches(&self, d: &LabelsDelta) -> bool {
+        self.metadata == d.metadata.as_slice()
+            && self.parsed == d.parsed
+            && self.hidden == d.hidden
+            && self.error == d.error
+            && self.error_details == d.error_details
+    }
+
+    /// A hash of this line's delta, equal for lines whose deltas are equal.
+    pub fn delta_hash(&self) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = foldhash::fast::FixedState::with_seed(0x6c6f6465).build_hasher();
+        self.metadata.hash(&mut h);
+        self.parsed.hash(&mut h);
+        self.hidden.hash(&mut h);
+        self.error.hash(&mut h);
+        self.error_details.hash(&mut h);
+        h.finish()
     }
 
     /// The line's final label set, sorted by name.
