@@ -15,6 +15,11 @@ use clap::{Args, Parser, Subcommand};
 
 use lode::config::LodeConfig;
 
+// mimalloc rather than glibc malloc: queries allocate and free a few small strings per
+// decoded line, which glibc spent about a third of a count query on.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "lode",

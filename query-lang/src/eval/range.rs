@@ -149,9 +149,16 @@ pub(crate) fn eval_range_agg(
     hint: &Hint,
 ) -> Result<Matrix, EvalError> {
     let lr = &agg.range;
-    let wanted = match &hint.wanted {
+    // Labels read after this aggregation: the enclosing aggregation's, or, at the top,
+    // this one's own `by` (its output keeps nothing else), so parsers skip the rest.
+    let read_after = match (&hint.wanted, &agg.grouping) {
+        (Some(names), _) => Some(names.clone()),
+        (None, Some(Grouping::By(g))) => Some(g.clone()),
+        (None, _) => None,
+    };
+    let wanted = match read_after {
         Some(names) => {
-            let mut names = names.clone();
+            let mut names = names;
             referenced_labels(&lr.selector.pipeline, &mut names);
             if let Some(u) = &lr.unwrap {
                 names.push(u.label.clone());
