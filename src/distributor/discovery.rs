@@ -8,7 +8,10 @@
 //! run: the distributor asks per tenant (`discover_service_name` empty or
 //! `discover_log_levels: false` turn them off).
 
+use std::sync::LazyLock;
+
 use lode_push::{Entry, LabelSet};
+use memchr::memmem;
 
 /// The label every stream gets when discovery is on.
 pub const SERVICE_NAME: &str = "service_name";
@@ -64,22 +67,49 @@ pub fn add_detected_level(labels: &LabelSet, entry: &mut Entry) {
 /// Maps a level as written to one of Loki's: trace, debug, info, warn, error, critical,
 /// fatal, unknown.
 pub fn normalize(value: &str) -> &'static str {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "trace" | "trc" => "trace",
-        "debug" | "dbg" => "debug",
-        "info" | "inf" | "information" | "informational" | "notice" => "info",
-        "warn" | "warning" | "wrn" => "warn",
-        "error" | "err" | "eror" => "error",
-        "critical" | "crit" => "critical",
-        "fatal" | "panic" | "emerg" | "emergency" | "alert" => "fatal",
-        _ => "unknown",
-    }
+    // Compared case-insensitively in place: this runs for every short word near the start
+    // of every line without a level field, so it must not allocate.
+    const SPELLINGS: [(&str, &str); 22] = [
+        ("trace", "trace"),
+        ("trc", "trace"),
+        ("debug", "debug"),
+        ("dbg", "debug"),
+        ("info", "info"),
+        ("inf", "info"),
+        ("information", "info"),
+        ("informational", "info"),
+        ("notice", "info"),
+        ("warn", "warn"),
+        ("warning", "warn"),
+        ("wrn", "warn"),
+        ("error", "error"),
+        ("err", "error"),
+        ("eror", "error"),
+        ("critical", "critical"),
+        ("crit", "critical"),
+        ("fatal", "fatal"),
+        ("panic", "fatal"),
+        ("emerg", "fatal"),
+        ("emergency", "fatal"),
+        ("alert", "fatal"),
+    ];
+    let v = value.trim();
+    SPELLINGS
+        .iter()
+        .find(|(spelling, _)| spelling.eq_ignore_ascii_case(v))
+        .map_or("unknown", |(_, level)| level)
 }
 
 /// A `level` field (JSON or logfmt) or else the most severe level word near the start.
 pub fn detect_from_line(line: &str) -> &'static str {
+    static KEYS: LazyLock<Vec<memmem::Finder<'static>>> = LazyLock::new(|| {
+        LEVEL_KEYS
+            .iter()
+            .map(|k| memmem::Finder::new(k.as_bytes()).into_owned())
+            .collect()
+    });
     let head = head(line);
-    for key in LEVEL_KEYS {
+    for key in KEYS.iter() {
         if let Some(v) = field(head, key) {
             return normalize(v);
         }
@@ -123,12 +153,13 @@ fn head(line: &str) -> &str {
 }
 
 /// The value of `key` written as `key=value`, `key="value"` or `"key": "value"`.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+fn field<'a>(text: &'a str, key: &memmem::Finder<'static>) -> Option<&'a str> {
     let bytes = text.as_bytes();
+    let key_len = key.needle().len();
     let mut from = 0;
-    while let Some(pos) = text.get(from..)?.find(key) {
+    while let Some(pos) = key.find(bytes.get(from..)?) {
         let start = from + pos;
-        let end = start + key.len();
+        let end = start + key_len;
         from = end;
         let quoted_key = start > 0 && bytes.get(start - 1) == Some(&b'"');
         let boundary = start == 0
@@ -190,6 +221,23 @@ mod tests {
         assert_eq!(l.get("service_name"), Some("x"));
         let l = with_service_name(labels(r#"{app="y"}"#), &[]);
         assert_eq!(l.get("service_name"), None);
+    }
+
+    #[test]
+    fn normalize_maps_every_spelling_ignoring_case_and_spaces() {
+        for (written, level) in [
+            (" Informational ", "info"),
+            ("WRN", "warn"),
+            ("eRoR", "error"),
+            ("CRIT", "critical"),
+            ("Emergency", "fatal"),
+            ("trc", "trace"),
+            ("dbg", "debug"),
+            ("verbose", "unknown"),
+            ("", "unknown"),
+        ] {
+            assert_eq!(normalize(written), level, "{written:?}");
+        }
     }
 
     #[test]

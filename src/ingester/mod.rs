@@ -219,7 +219,7 @@ struct DayHead {
     closed: Vec<Chunk>,
     /// Dedup hashes of every unflushed entry of the day, and of entries reserved by pushes
     /// whose WAL append is still in flight.
-    seen: HashSet<u64>,
+    seen: HashSet<u64, foldhash::fast::RandomState>,
 }
 
 impl DayHead {
@@ -227,7 +227,7 @@ impl DayHead {
         DayHead {
             open: Chunk::new(0, 0),
             closed: Vec::new(),
-            seen: HashSet::new(),
+            seen: HashSet::default(),
         }
     }
 }
@@ -263,7 +263,7 @@ impl Heads {
         cfg: &IngesterConfig,
         tenant: &TenantId,
         labels: &LabelSet,
-        entries: &[Entry],
+        entries: Vec<Entry>,
         wal_segment: SegmentNo,
         now_ns: i64,
     ) {
@@ -289,11 +289,11 @@ impl Heads {
                 c.id = *next_chunk_id;
                 c.created_ns = now_ns;
             }
-            let h = entry_hash(e);
+            let h = entry_hash(&e);
             day.seen.insert(h);
             c.hashes.push(h);
             c.head_bytes += e.line.len();
-            c.head.push(e.clone());
+            c.head.push(e);
             c.last_append_ns = now_ns;
             c.min_wal = Some(c.min_wal.map_or(wal_segment, |m| m.min(wal_segment)));
             if c.head_bytes >= cfg.chunk_block_size {
@@ -311,9 +311,12 @@ impl Heads {
     }
 }
 
-/// The dedup key of an entry: its timestamp and line.
+/// The dedup key of an entry: a 64-bit hash of its timestamp and line. Fixed-seeded so
+/// it is stable across restarts (WAL replay compares against flushed entries), and
+/// foldhash's quality variant rather than SipHash, which was 7 % of ingest CPU.
 fn entry_hash(e: &Entry) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::BuildHasher;
+    let mut h = foldhash::quality::FixedState::with_seed(0x6c6f_6465_6465_6475).build_hasher();
     e.timestamp_ns.hash(&mut h);
     e.line.hash(&mut h);
     h.finish()
@@ -435,16 +438,22 @@ impl Ingester {
             if keep.is_empty() {
                 continue;
             }
+            let min = keep.iter().map(|e| e.timestamp_ns).min();
+            let max = keep.iter().map(|e| e.timestamp_ns).max();
             heads.append(
                 &self.cfg,
                 &record.tenant,
                 &record.labels,
-                &keep,
+                keep,
                 segment,
                 now,
             );
             drop(heads);
-            self.note_head(&record.tenant, &record.labels, &keep);
+            if let (Some(min), Some(max)) = (min, max) {
+                self.storage
+                    .index()
+                    .note_head(&record.tenant, &record.labels, min, max);
+            }
         }
         Ok(())
     }
@@ -468,14 +477,6 @@ impl Ingester {
             }
         }
         Ok(out)
-    }
-
-    fn note_head(&self, tenant: &TenantId, labels: &LabelSet, entries: &[Entry]) {
-        let min = entries.iter().map(|e| e.timestamp_ns).min();
-        let max = entries.iter().map(|e| e.timestamp_ns).max();
-        if let (Some(min), Some(max)) = (min, max) {
-            self.storage.index().note_head(tenant, labels, min, max);
-        }
     }
 
     /// Appends already-validated streams of one tenant: out-of-order window and exact
@@ -525,23 +526,34 @@ impl Ingester {
             }
         };
         let now = self.clock.now_ns();
+        // Entries move into the heads; live tail, when anyone listens, gets a copy.
+        let subscribed = self.tx.receiver_count() > 0;
+        let mut pushed = Vec::with_capacity(accepted.len());
         {
             let mut heads = self.heads.lock();
-            for (labels, entries) in &accepted {
-                heads.append(&self.cfg, tenant, labels, entries, segment, now);
+            for (labels, entries) in accepted {
+                outcome.accepted_entries += entries.len();
+                outcome.accepted_bytes += entries.iter().map(|e| e.line.len()).sum::<usize>();
+                let min = entries.iter().map(|e| e.timestamp_ns).min();
+                let max = entries.iter().map(|e| e.timestamp_ns).max();
+                let copy = subscribed.then(|| entries.clone());
+                heads.append(&self.cfg, tenant, &labels, entries, segment, now);
+                pushed.push((labels, min.zip(max), copy));
             }
         }
         drop(_gate);
-        for (labels, entries) in accepted {
-            self.note_head(tenant, &labels, &entries);
-            outcome.accepted_entries += entries.len();
-            outcome.accepted_bytes += entries.iter().map(|e| e.line.len()).sum::<usize>();
-            // No subscribers is the common case, not an error.
-            let _ = self.tx.send(Arc::new(Pushed {
-                tenant: tenant.clone(),
-                labels,
-                entries,
-            }));
+        for (labels, range, copy) in pushed {
+            if let Some((min, max)) = range {
+                self.storage.index().note_head(tenant, &labels, min, max);
+            }
+            if let Some(entries) = copy {
+                // Every listener may have gone since; that is not an error.
+                let _ = self.tx.send(Arc::new(Pushed {
+                    tenant: tenant.clone(),
+                    labels,
+                    entries,
+                }));
+            }
         }
         Ok(outcome)
     }
