@@ -520,11 +520,12 @@ impl Storage {
             .await?;
         let filter = filter.clone();
         let decoded = tokio::task::spawn_blocking(move || {
-            let (meta, raw) = chunk::decompress_block(&bytes)?;
-            if !filter.may_match(&raw) {
-                return Ok::<_, chunk::Error>(None);
-            }
-            chunk::parse_payload(&meta, &raw).map(|entries| Some((meta, entries)))
+            chunk::with_decompressed(&bytes, |meta, raw| {
+                if !filter.may_match(raw) {
+                    return Ok(None);
+                }
+                chunk::parse_payload(meta, raw).map(|entries| Some((*meta, entries)))
+            })?
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
