@@ -90,3 +90,45 @@ async fn graceful_shutdown_flushes_and_a_restart_finds_the_segment() {
         .segments(&lode::TenantId::default_tenant());
     assert_eq!(segments.len(), 1);
 }
+
+/// The value of an unlabelled counter or histogram series in a `/metrics` exposition.
+fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_metrics_count_fsyncs_records_bytes_and_cut_tails() {
+    let s = TestServer::start("").await;
+    let req = request(vec![(
+        r#"{app="wal"}"#,
+        vec![entry(now_ns(), "one"), entry(now_ns() + 1, "two")],
+    )]);
+    assert_eq!(s.push(None, &req).await.0, 204);
+    let m = s.metrics().await;
+    assert!(metric_value(&m, "lode_wal_fsync_duration_seconds_count") >= 1.0);
+    assert_eq!(metric_value(&m, "lode_wal_records_total"), 1.0);
+    assert!(metric_value(&m, "lode_wal_bytes_written_total") > 0.0);
+    assert_eq!(metric_value(&m, "lode_wal_corruptions_total"), 0.0);
+    // A crash mid-write leaves a torn tail; the next start cuts it and counts it.
+    let dir = s.stop().await;
+    let wal_dir = dir.path().join("wal");
+    let newest = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .max()
+        .expect("a wal segment after shutdown");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[0xff, 0x00, 0x00, 0x10, 1, 2, 3]).unwrap();
+    drop(f);
+    let s = TestServer::restart("", dir).await;
+    let m = s.metrics().await;
+    assert_eq!(metric_value(&m, "lode_wal_corruptions_total"), 1.0);
+    s.stop().await;
+}

@@ -348,6 +348,9 @@ pub struct Ingester {
     tx: broadcast::Sender<Arc<Pushed>>,
     /// Where counters go once the server hands over its registry.
     metrics: arc_swap::ArcSwapOption<Metrics>,
+    /// WAL segments whose torn or corrupt tail was cut at startup, counted once metrics
+    /// are wired.
+    replay_truncations: u64,
 }
 
 impl std::fmt::Debug for Ingester {
@@ -370,7 +373,7 @@ impl Ingester {
         cfg.wal.dir = wal_dir;
         cfg.validate()?;
         let wal_cfg = cfg.wal.clone();
-        let (wal, records) = tokio::task::spawn_blocking(move || {
+        let (wal, records, replay_truncations) = tokio::task::spawn_blocking(move || {
             let mut records = Vec::new();
             let opened = Wal::open(&wal_cfg, |n, r| records.push((n, r)));
             opened.map(|(wal, stats)| (wal, stats, records))
@@ -392,7 +395,7 @@ impl Ingester {
                     "replayed wal"
                 );
             }
-            (wal, records)
+            (wal, records, stats.truncated_segments)
         })?;
         let clock = storage.clock().clone();
         let (tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
@@ -406,6 +409,7 @@ impl Ingester {
             flushing: tokio::sync::Mutex::new(()),
             tx,
             metrics: arc_swap::ArcSwapOption::empty(),
+            replay_truncations,
         });
         ingester.replay(records).await?;
         Ok(ingester)
@@ -514,10 +518,17 @@ impl Ingester {
             encoded =
                 encoded.and_then(|()| wal::encode_record(&mut framed, tenant, labels, entries));
         }
+        let framed_bytes = framed.len() as u64;
         let appended = match encoded {
             Ok(()) => self.wal.append(framed).await,
             Err(e) => Err(e),
         };
+        if appended.is_ok() && self.cfg.wal.enabled {
+            if let Some(m) = self.metrics.load().as_ref() {
+                m.wal.records.inc_by(accepted.len() as u64);
+                m.wal.bytes_written.inc_by(framed_bytes);
+            }
+        }
         let segment = match appended {
             Ok(n) => n,
             Err(e) => {
@@ -614,6 +625,8 @@ impl Ingester {
     /// entries (`too_far_behind`, `duplicate`) are in [`PushOutcome::rejected`]; the
     /// caller counts those as discards.
     pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        self.wal.observe_fsync(metrics.wal.fsync_duration.clone());
+        metrics.wal.corruptions.inc_by(self.replay_truncations);
         self.metrics.store(Some(metrics));
     }
 

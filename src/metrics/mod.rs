@@ -114,7 +114,8 @@ pub struct WalMetrics {
     pub records: Counter,
     /// `lode_wal_bytes_written_total`.
     pub bytes_written: Counter,
-    /// `lode_wal_corruptions_total`: torn or corrupt records dropped at replay.
+    /// `lode_wal_corruptions_total`: WAL segments whose torn or corrupt tail was cut at
+    /// replay.
     pub corruptions: Counter,
 }
 
@@ -249,7 +250,7 @@ impl Metrics {
             );
             r.register(
                 "lode_wal_corruptions",
-                "Torn or corrupt WAL records dropped at replay",
+                "WAL segments whose torn or corrupt tail was cut at replay",
                 w.corruptions.clone(),
             );
             let i = &metrics.ingester;

@@ -39,11 +39,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 use lode_push::{Entry, LabelSet};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::wire::{put_str, Reader, WireError};
@@ -258,6 +259,8 @@ pub struct ReplayStats {
     pub records: usize,
     /// Bytes cut from torn or corrupt tails.
     pub truncated_bytes: u64,
+    /// Segments whose torn or corrupt tail was cut (or that were removed as torn).
+    pub truncated_segments: u64,
     pub last_segment: Option<SegmentNo>,
 }
 
@@ -296,6 +299,7 @@ pub fn replay_dir(
         if data.len() < HEADER_LEN as usize {
             // Died while creating the file: nothing in it was ever acknowledged.
             stats.truncated_bytes += data.len() as u64;
+            stats.truncated_segments += 1;
             fs::remove_file(&path).map_err(io_err("remove torn", &path))?;
             continue;
         }
@@ -333,6 +337,7 @@ pub fn replay_dir(
             let cut = (data.len() - good) as u64;
             tracing::warn!(path = %path.display(), bytes = cut, "truncating torn wal tail");
             stats.truncated_bytes += cut;
+            stats.truncated_segments += 1;
             let f = OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -367,12 +372,21 @@ enum Command {
 #[derive(Debug)]
 pub struct Wal {
     tx: Option<mpsc::Sender<Command>>,
+    /// Where the writer thread reports each fsync's duration, once metrics are wired.
+    fsync_observer: FsyncObserver,
 }
+
+/// Shared between the handle and the writer thread: set after the WAL opens (the metrics
+/// registry is built later), read on every fsync.
+type FsyncObserver = Arc<arc_swap::ArcSwapOption<Histogram>>;
 
 impl Wal {
     /// A WAL that records nothing (`ingester.wal.enabled: false`).
     pub fn disabled() -> Wal {
-        Wal { tx: None }
+        Wal {
+            tx: None,
+            fsync_observer: FsyncObserver::default(),
+        }
     }
 
     /// Replays `config.dir` through `apply`, then starts a fresh segment and the writer
@@ -389,13 +403,27 @@ impl Wal {
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let stats = replay_dir(&dir, apply)?;
         let next = SegmentNo(stats.last_segment.map_or(1, |n| n.0 + 1));
-        let writer = Writer::create(dir, next, config.fsync, config.fsync_interval)?;
+        let fsync_observer = FsyncObserver::default();
+        let mut writer = Writer::create(dir, next, config.fsync, config.fsync_interval)?;
+        writer.fsync_observer = fsync_observer.clone();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("lode-wal".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err("spawn writer for", &config.dir))?;
-        Ok((Wal { tx: Some(tx) }, stats))
+        Ok((
+            Wal {
+                tx: Some(tx),
+                fsync_observer,
+            },
+            stats,
+        ))
+    }
+
+    /// Observes every later fsync's duration in `histogram`
+    /// (`lode_wal_fsync_duration_seconds`).
+    pub fn observe_fsync(&self, histogram: Histogram) {
+        self.fsync_observer.store(Some(Arc::new(histogram)));
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -442,6 +470,7 @@ struct Writer {
     last_sync: Instant,
     dirty: bool,
     poisoned: Option<String>,
+    fsync_observer: FsyncObserver,
 }
 
 /// Group commits stop collecting requests past this many bytes so one fsync does not
@@ -466,6 +495,7 @@ impl Writer {
             last_sync: Instant::now(),
             dirty: false,
             poisoned: None,
+            fsync_observer: FsyncObserver::default(),
         })
     }
 
@@ -569,6 +599,7 @@ impl Writer {
             return Ok(());
         }
         let path = segment_path(&self.dir, self.active);
+        let began = Instant::now();
         if let Err(e) = self.file.sync_data() {
             // After a failed fsync the kernel may have dropped the dirty pages; nothing
             // written since the last good fsync can be trusted durable again.
@@ -577,6 +608,9 @@ impl Writer {
         }
         self.dirty = false;
         self.last_sync = Instant::now();
+        if let Some(h) = self.fsync_observer.load().as_ref() {
+            h.observe(began.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
