@@ -564,3 +564,117 @@ limits_config:
     assert_eq!(lines, ["fresh"], "{body}");
     server.stop().await;
 }
+
+/// `(value, labels)` of every sample of an instant query's vector.
+async fn instant(server: &TestServer, query: &str, time_ns: i64) -> Vec<(String, Value)> {
+    let params = [("query", query.to_string()), ("time", time_ns.to_string())];
+    let (status, body) = get_json(server, "/loki/api/v1/query", &params).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut out: Vec<(String, Value)> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["value"][1].as_str().unwrap().to_string(),
+                s["metric"].clone(),
+            )
+        })
+        .collect();
+    out.sort_by_key(|(_, m)| m.to_string());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_from_block_summaries_equal_counts_from_reading_every_line() {
+    // Small blocks so a window holds whole blocks and cuts others; level discovery on,
+    // so every line carries `detected_level` metadata that splits the series.
+    let server = TestServer::start(
+        r#"
+limits_config:
+  discover_service_name: []
+ingester:
+  chunk_block_size: 1024
+"#,
+    )
+    .await;
+    let base = now_ns() - 600_000_000_000;
+    let levels = ["error", "info", "info", "warn", "debug"];
+    let values: Vec<Value> = (0..1500)
+        .map(|i: i64| {
+            let level = levels[i as usize % levels.len()];
+            let line = format!(
+                "level={level} msg=\"request {i}\" {}",
+                "x".repeat((i % 7) as usize)
+            );
+            serde_json::json!([(base + i * 200_000_000).to_string(), line])
+        })
+        .collect();
+    let body = serde_json::json!({"streams": [{"stream": {"app": "cnt"}, "values": values}]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    assert_eq!(server.post_flush().await.0, 204);
+
+    let end = base + 1500 * 200_000_000;
+    // The same aggregation with a filter that keeps every line reads every line.
+    for (fast, slow, at) in [
+        (
+            r#"count_over_time({app="cnt"}[1h])"#,
+            r#"count_over_time({app="cnt"} != "absent-zq" [1h])"#,
+            end,
+        ),
+        (
+            r#"sum by (detected_level) (bytes_over_time({app="cnt"}[1h]))"#,
+            r#"sum by (detected_level) (bytes_over_time({app="cnt"} != "absent-zq" [1h]))"#,
+            end,
+        ),
+        (
+            r#"sum(rate({app="cnt"}[1h]))"#,
+            r#"sum(rate({app="cnt"} != "absent-zq" [1h]))"#,
+            end,
+        ),
+        // A 100 s window ending mid-data: whole blocks inside, cut blocks at both edges.
+        (
+            r#"count_over_time({app="cnt"}[100s])"#,
+            r#"count_over_time({app="cnt"} != "absent-zq" [100s])"#,
+            base + 170_123_456_789,
+        ),
+        (
+            r#"bytes_rate({app="cnt"}[100s])"#,
+            r#"bytes_rate({app="cnt"} != "absent-zq" [100s])"#,
+            base + 170_123_456_789,
+        ),
+    ] {
+        let got = instant(&server, fast, at).await;
+        assert!(!got.is_empty(), "{fast}");
+        assert_eq!(got, instant(&server, slow, at).await, "{fast} vs {slow}");
+    }
+    let counts = instant(&server, r#"count_over_time({app="cnt"}[1h])"#, end).await;
+    let by_level: Vec<(String, String)> = counts
+        .iter()
+        .map(|(v, m)| (m["detected_level"].as_str().unwrap().to_string(), v.clone()))
+        .collect();
+    assert_eq!(
+        by_level,
+        [
+            ("debug", "300"),
+            ("error", "300"),
+            ("info", "600"),
+            ("warn", "300")
+        ]
+        .map(|(l, v)| (l.to_string(), v.to_string()))
+    );
+
+    // And the whole blocks really were counted, not read.
+    let tenant = lode::tenant::TenantId::new("fake").unwrap();
+    let expr = query_lang::parse_expr(r#"count_over_time({app="cnt"}[1h])"#).unwrap();
+    let (_, processed) = server
+        .state()
+        .querier
+        .query(&tenant, expr, query_lang::eval::QueryParams::instant(end))
+        .await
+        .unwrap();
+    assert!(processed.counted_groups > 0, "{processed:?}");
+    assert_eq!(processed.lines, 1500);
+    server.stop().await;
+}

@@ -39,9 +39,13 @@
 //! ```
 //!
 //! Segments store chunks verbatim and record each block's byte range in their footer, so a
-//! reader can fetch and verify one block without the rest of its chunk.
+//! reader can fetch and verify one block without the rest of its chunk. Sealing also
+//! computes a [`BlockSummary`] (lines and line bytes per distinct structured-metadata
+//! set), which segments keep in their footer so counts can skip decoding.
 
 pub mod wire;
+
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 use lode_push::Entry;
@@ -130,6 +134,59 @@ impl BlockMeta {
 pub struct SealedBlock {
     pub meta: BlockMeta,
     pub bytes: Bytes,
+    /// Counts per distinct structured metadata, for answering counts without decoding;
+    /// `None` when the block has too many distinct metadata sets to be worth it.
+    pub summary: Option<Arc<BlockSummary>>,
+}
+
+/// Lines and line bytes of one block per distinct structured-metadata set (in push
+/// order of first appearance). Metric queries without a pipeline split series by
+/// structured metadata (e.g. `detected_level`), so a block's header totals alone cannot
+/// answer them; these can, where the block lies wholly inside a window.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockSummary {
+    pub groups: Vec<SummaryGroup>,
+}
+
+/// One structured-metadata set of a block and how many lines (and line bytes) carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummaryGroup {
+    pub metadata: Vec<(String, String)>,
+    pub count: u32,
+    pub bytes: u64,
+}
+
+/// Blocks with more distinct metadata sets than this carry no summary (per-line ids in
+/// metadata would make the summary as large as the data).
+pub const MAX_SUMMARY_GROUPS: usize = 64;
+
+impl BlockSummary {
+    /// The summary of `entries`, or `None` past [`MAX_SUMMARY_GROUPS`] distinct sets.
+    pub fn of(entries: &[Entry]) -> Option<BlockSummary> {
+        let mut groups: Vec<SummaryGroup> = Vec::new();
+        for e in entries {
+            let group = match groups
+                .iter_mut()
+                .find(|g| g.metadata == e.structured_metadata)
+            {
+                Some(g) => g,
+                None => {
+                    if groups.len() == MAX_SUMMARY_GROUPS {
+                        return None;
+                    }
+                    groups.push(SummaryGroup {
+                        metadata: e.structured_metadata.clone(),
+                        count: 0,
+                        bytes: 0,
+                    });
+                    groups.last_mut()?
+                }
+            };
+            group.count += 1;
+            group.bytes += e.line.len() as u64;
+        }
+        Some(BlockSummary { groups })
+    }
 }
 
 impl SealedBlock {
@@ -180,6 +237,7 @@ impl SealedBlock {
         Ok(SealedBlock {
             meta,
             bytes: Bytes::from(out),
+            summary: BlockSummary::of(&entries).map(Arc::new),
         })
     }
 

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use lode_push::{Entry, LabelSet};
 use query_lang::eval::{
-    self, required_substrings, BatchIter, Direction, EntryBatch, EvalError, LogSource, QueryParams,
-    QueryResult, SelectRequest, SourceError, StreamData,
+    self, required_substrings, BatchIter, BlockCount, Direction, EntryBatch, EvalError, LogSource,
+    QueryParams, QueryResult, SelectRequest, SourceError, StreamData,
 };
 use query_lang::{Expr, Matcher};
 use tokio::sync::Semaphore;
@@ -281,12 +281,15 @@ pub struct IndexStats {
 pub struct Processed {
     pub lines: u64,
     pub bytes: u64,
+    /// Metadata-set groups of blocks answered from their summaries, unread.
+    pub counted_groups: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     lines: AtomicU64,
     bytes: AtomicU64,
+    counted_groups: AtomicU64,
 }
 
 impl Counters {
@@ -297,10 +300,18 @@ impl Counters {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Lines of blocks counted from their summaries, without reading them.
+    fn add_counted(&self, lines: u64, bytes: u64) {
+        self.lines.fetch_add(lines, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.counted_groups.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> Processed {
         Processed {
             lines: self.lines.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+            counted_groups: self.counted_groups.load(Ordering::Relaxed),
         }
     }
 }
@@ -353,11 +364,13 @@ impl LogSource for TenantSource {
         let mut out = Vec::new();
         for stream in index.streams(&self.tenant, req.matchers, start, req.end_ns) {
             let mut pieces = Vec::new();
+            let mut summaries = Vec::new();
             for chunk in index.segment_chunks(&self.tenant, stream.id, start, req.end_ns) {
                 let Some(info) = chunk.info() else { continue };
-                for block in &info.blocks {
+                for (i, block) in info.blocks.iter().enumerate() {
                     if block.meta.overlaps(start, req.end_ns) {
                         pieces.push(Piece::Block(chunk.segment.clone(), *block));
+                        summaries.push(info.summaries.get(i).cloned().flatten());
                     }
                 }
             }
@@ -366,8 +379,16 @@ impl LogSource for TenantSource {
                 .head_entries(&self.tenant, &stream.labels, start, req.end_ns);
             if !head.is_empty() {
                 pieces.push(Piece::Head(Arc::new(head)));
+                summaries.push(None);
             }
-            if pieces.is_empty() {
+            let counts = match req.count_window {
+                Some(_) => take_counted(&mut pieces, summaries, start, req.end_ns),
+                None => Vec::new(),
+            };
+            for c in &counts {
+                self.processed.add_counted(c.lines, c.bytes);
+            }
+            if pieces.is_empty() && counts.is_empty() {
                 continue;
             }
             let reader = MergeReader::new(
@@ -382,10 +403,58 @@ impl LogSource for TenantSource {
             out.push(StreamData {
                 labels: stream.labels,
                 batches: Box::new(reader) as BatchIter,
+                counts,
             });
         }
         Ok(out)
     }
+}
+
+/// Removes from `pieces` the blocks that can be counted unread, and returns their counts:
+/// blocks with a summary, lying wholly inside `[start, end)`, sharing no time with any
+/// other piece (entries common to two pieces are de-duplicated only when read).
+/// `summaries[i]` belongs to `pieces[i]`.
+fn take_counted(
+    pieces: &mut Vec<Piece>,
+    summaries: Vec<Option<Arc<crate::chunk::BlockSummary>>>,
+    start: i64,
+    end: i64,
+) -> Vec<BlockCount> {
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    order.sort_by_key(|&i| pieces[i].range());
+    let mut counted = vec![false; pieces.len()];
+    let mut newest_before = i64::MIN;
+    for (k, &i) in order.iter().enumerate() {
+        let (min, max) = pieces[i].range();
+        let alone = newest_before < min
+            && order
+                .get(k + 1)
+                .is_none_or(|&next| pieces[next].range().0 > max);
+        newest_before = newest_before.max(max);
+        counted[i] = alone
+            && start <= min
+            && max < end
+            && matches!(pieces[i], Piece::Block(..))
+            && summaries.get(i).is_some_and(|s| s.is_some());
+    }
+    let mut counts = Vec::new();
+    let mut kept = Vec::with_capacity(pieces.len());
+    for (i, (piece, summary)) in pieces.drain(..).zip(summaries).enumerate() {
+        match summary {
+            Some(summary) if counted[i] => {
+                let (_, max) = piece.range();
+                counts.extend(summary.groups.iter().map(|g| BlockCount {
+                    timestamp_ns: max,
+                    metadata: g.metadata.clone(),
+                    lines: u64::from(g.count),
+                    bytes: g.bytes,
+                }));
+            }
+            _ => kept.push(piece),
+        }
+    }
+    *pieces = kept;
+    counts
 }
 
 /// The remaining entries `[lo, hi)` of one opened piece.

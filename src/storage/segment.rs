@@ -21,6 +21,10 @@
 //!                            raw_bytes u64 | block_count u32
 //!              per block:    offset u64 | len u32 | min_ts i64 | max_ts i64 | count u32 |
 //!                            raw_bytes u64            (offsets absolute in the object)
+//!          "LSUM"            4, then per block in the order above: group_count u32
+//!                            (0xFFFFFFFF = no summary), per group: pair_count u32,
+//!                            (name, value) u32-len strings, count u32, bytes u64.
+//!                            Footers written before summaries end before "LSUM".
 //! end-12 footer_len          u32
 //! end-8  footer crc32c       u32
 //! end-4  magic "LSEG"        4
@@ -30,12 +34,13 @@
 //! block ranges a query needs.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::BufMut;
 use lode_push::LabelSet;
 
 use crate::chunk::wire::{put_str, Reader};
-use crate::chunk::{self, BlockMeta, SealedBlock};
+use crate::chunk::{self, BlockMeta, BlockSummary, SealedBlock, SummaryGroup};
 use crate::clock::Day;
 use crate::tenant::TenantId;
 
@@ -86,6 +91,9 @@ pub struct ChunkInfo {
     pub offset: u64,
     pub len: u64,
     pub blocks: Vec<BlockInfo>,
+    /// Per block (same order and length as `blocks`): its lines per structured-metadata
+    /// set, when the footer recorded one.
+    pub summaries: Vec<Option<Arc<BlockSummary>>>,
 }
 
 /// One stream's chunks in a segment.
@@ -168,6 +176,7 @@ pub fn encode(
             count: 0,
             raw_bytes: 0,
         };
+        let summaries = c.blocks.iter().map(|b| b.summary.clone()).collect();
         let blocks = refs
             .iter()
             .map(|r| {
@@ -187,6 +196,7 @@ pub fn encode(
                 offset,
                 len: bytes.len() as u64,
                 blocks,
+                summaries,
             },
         );
     }
@@ -201,6 +211,7 @@ pub fn encode(
             offset,
             len: c.bytes.len() as u64,
             blocks: c.info.blocks.iter().map(shift).collect(),
+            summaries: c.info.summaries.clone(),
         };
         out.extend_from_slice(&c.bytes);
         push(&c.labels, info);
@@ -244,6 +255,66 @@ fn encode_footer(out: &mut Vec<u8>, f: &Footer) {
             }
         }
     }
+    out.put_slice(SUMMARY_TAG);
+    for c in f.streams.iter().flat_map(|s| &s.chunks) {
+        for (i, _) in c.blocks.iter().enumerate() {
+            put_summary(out, c.summaries.get(i).and_then(|s| s.as_deref()));
+        }
+    }
+}
+
+/// Opens the footer's block-summary section.
+const SUMMARY_TAG: &[u8; 4] = b"LSUM";
+/// A block without a summary.
+const NO_SUMMARY: u32 = u32::MAX;
+
+fn put_summary(out: &mut Vec<u8>, s: Option<&BlockSummary>) {
+    let Some(s) = s else {
+        out.put_u32_le(NO_SUMMARY);
+        return;
+    };
+    out.put_u32_le(s.groups.len() as u32);
+    for g in &s.groups {
+        out.put_u32_le(g.metadata.len() as u32);
+        for (name, value) in &g.metadata {
+            put_str(out, name);
+            put_str(out, value);
+        }
+        out.put_u32_le(g.count);
+        out.put_u64_le(g.bytes);
+    }
+}
+
+fn read_summary(r: &mut Reader<'_>, key: &str) -> Result<Option<BlockSummary>, Error> {
+    let n = r.u32("summary group count")?;
+    if n == NO_SUMMARY {
+        return Ok(None);
+    }
+    if n as usize > chunk::MAX_SUMMARY_GROUPS {
+        return Err(Error::CorruptSegment {
+            key: key.to_string(),
+            what: format!(
+                "block summary of {n} groups (at most {})",
+                chunk::MAX_SUMMARY_GROUPS
+            ),
+        });
+    }
+    let mut groups = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let pairs = r.count("summary metadata count", 8)?;
+        let mut metadata = Vec::with_capacity(pairs);
+        for _ in 0..pairs {
+            let name = r.str("summary metadata name")?.to_owned();
+            let value = r.str("summary metadata value")?.to_owned();
+            metadata.push((name, value));
+        }
+        groups.push(SummaryGroup {
+            metadata,
+            count: r.u32("summary count")?,
+            bytes: r.u64("summary bytes")?,
+        });
+    }
+    Ok(Some(BlockSummary { groups }))
 }
 
 fn put_meta(out: &mut Vec<u8>, m: &BlockMeta) {
@@ -347,13 +418,30 @@ pub fn decode_footer(footer: &[u8], trailer: &[u8], size: u64, key: &str) -> Res
                 meta,
                 offset,
                 len,
+                summaries: vec![None; blocks.len()],
                 blocks,
             });
         }
         streams.push(StreamInfo { labels, chunks });
     }
+    // Footers written before block summaries end here; later ones carry a section with
+    // one summary slot per block, in footer order.
     if r.remaining() != 0 {
-        return Err(corrupt(format!("{} bytes after the footer", r.remaining())));
+        let tag = r.take("summary section tag", 4)?;
+        if tag != SUMMARY_TAG {
+            return Err(corrupt(format!(
+                "{} bytes after the footer",
+                r.remaining() + 4
+            )));
+        }
+        for chunk in streams.iter_mut().flat_map(|s| s.chunks.iter_mut()) {
+            for slot in chunk.summaries.iter_mut() {
+                *slot = read_summary(&mut r, key)?.map(Arc::new);
+            }
+        }
+        if r.remaining() != 0 {
+            return Err(corrupt(format!("{} bytes after the footer", r.remaining())));
+        }
     }
     Ok(Footer {
         tenant,

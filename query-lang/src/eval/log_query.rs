@@ -142,6 +142,7 @@ pub(crate) fn eval_log(
     let pipeline = Pipeline::new(&sel.pipeline)?;
     let hint = leading_line_filters(&sel.pipeline);
     let req = SelectRequest {
+        count_window: None,
         matchers: &sel.matchers,
         start_ns: params.start_ns,
         end_ns: params.end_ns,

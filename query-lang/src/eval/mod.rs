@@ -16,7 +16,7 @@ mod vector;
 
 pub use result::{EntryLabels, LogEntry, Point, QueryResult, Sample, Series, Stream};
 pub use source::{
-    required_substrings, BatchIter, Direction, EntryBatch, InMemorySource, LogSource,
+    required_substrings, BatchIter, BlockCount, Direction, EntryBatch, InMemorySource, LogSource,
     SelectRequest, SourceError, StreamData,
 };
 

@@ -200,6 +200,19 @@ pub(crate) fn eval_range_agg(
         end_ns: to.saturating_add(1),
         direction: Direction::Forward,
         line_filters: &hints,
+        // Counts and byte sums without a pipeline over a single window can take whole
+        // blocks as per-metadata totals.
+        count_window: (grid.len() == 1
+            && pipeline.is_empty()
+            && lr.unwrap.is_none()
+            && matches!(
+                agg.op,
+                RangeOp::CountOverTime
+                    | RangeOp::Rate
+                    | RangeOp::BytesOverTime
+                    | RangeOp::BytesRate
+            ))
+        .then_some((from, to)),
     };
     let streams = ctx.source.select(&req)?;
     let absent = agg.op == RangeOp::AbsentOverTime;
@@ -338,16 +351,29 @@ fn collect_stream(
     let lr = &agg.range;
     let (series, index) = (&mut c.series, &mut c.index);
     let stream_labels = stream.labels;
-    let stream_key: Labels = if absent {
-        Vec::new()
-    } else {
-        apply_grouping(&stream_labels.pairs().to_vec(), &agg.grouping)
+    let mut slots = SlotCache {
+        stream_key: if absent {
+            Vec::new()
+        } else {
+            apply_grouping(&stream_labels.pairs().to_vec(), &agg.grouping)
+        },
+        stream_slot: None,
+        delta_slots: HashMap::new(),
+        simple,
+        absent,
     };
-    let mut stream_slot: Option<usize> = None;
-    // Lines of this stream whose labels differ from the stream's (structured
-    // metadata, parsed labels) keyed by that difference: most lines repeat a few
-    // deltas, so the full label set is built once per delta, not once per line.
-    let mut delta_slots: HashMap<u64, Vec<(LabelsDelta, usize)>> = HashMap::new();
+    // Blocks the store counted instead of reading (no pipeline, one window): one sample
+    // per metadata set, weighted by its lines or bytes.
+    for count in &stream.counts {
+        let mut lb = LabelsBuilder::new(&stream_labels);
+        lb.reset(&count.metadata);
+        let value = match agg.op {
+            RangeOp::BytesOverTime | RangeOp::BytesRate => count.bytes as f64,
+            _ => count.lines as f64,
+        };
+        let slot = slots.slot(&lb, &agg.grouping, index, series);
+        push_sample(series, slot, count.timestamp_ns, value);
+    }
     for batch in stream.batches {
         let batch = batch?;
         for entry in batch.as_slice() {
@@ -392,49 +418,73 @@ fn collect_stream(
                     });
                 }
             }
-            let slot = if simple && lb.is_unchanged() {
-                match stream_slot {
-                    Some(s) => s,
-                    None => {
-                        let s = slot_for(index, series, stream_key.clone());
-                        stream_slot = Some(s);
-                        s
-                    }
-                }
-            } else if absent {
-                slot_for(index, series, Vec::new())
-            } else {
-                let hash = lb.delta_hash();
-                let known = delta_slots.get(&hash).and_then(|v| {
-                    v.iter()
-                        .find(|(d, _)| lb.delta_matches(d))
-                        .map(|(_, slot)| *slot)
-                });
-                match known {
-                    Some(slot) => slot,
-                    None => {
-                        let slot =
-                            slot_for(index, series, apply_grouping(&lb.labels(), &agg.grouping));
-                        if delta_slots.len() < MAX_DELTAS_PER_STREAM {
-                            delta_slots
-                                .entry(hash)
-                                .or_default()
-                                .push((lb.delta(), slot));
-                        }
-                        slot
-                    }
-                }
-            };
-            if let Some(s) = series.get_mut(slot) {
-                if s.ts.last().is_some_and(|last| *last > ts) {
-                    s.sorted = false;
-                }
-                s.ts.push(ts);
-                s.values.push(value);
-            }
+            let slot = slots.slot(&lb, &agg.grouping, index, series);
+            push_sample(series, slot, ts, value);
         }
     }
     Ok(())
+}
+
+fn push_sample(series: &mut [SeriesSamples], slot: usize, ts: i64, value: f64) {
+    if let Some(s) = series.get_mut(slot) {
+        if s.ts.last().is_some_and(|last| *last > ts) {
+            s.sorted = false;
+        }
+        s.ts.push(ts);
+        s.values.push(value);
+    }
+}
+
+/// Which series a line of one stream goes to, remembered per stream.
+struct SlotCache {
+    /// The series of lines whose labels are the stream's own.
+    stream_key: Labels,
+    stream_slot: Option<usize>,
+    /// Lines whose labels differ from the stream's (structured metadata, parsed labels)
+    /// keyed by that difference: most lines repeat a few deltas, so the full label set
+    /// is built once per delta, not once per line.
+    delta_slots: HashMap<u64, Vec<(LabelsDelta, usize)>>,
+    simple: bool,
+    absent: bool,
+}
+
+impl SlotCache {
+    fn slot(
+        &mut self,
+        lb: &LabelsBuilder<'_>,
+        grouping: &Option<Grouping>,
+        index: &mut HashMap<Labels, usize>,
+        series: &mut Vec<SeriesSamples>,
+    ) -> usize {
+        if self.simple && lb.is_unchanged() {
+            if let Some(s) = self.stream_slot {
+                return s;
+            }
+            let s = slot_for(index, series, self.stream_key.clone());
+            self.stream_slot = Some(s);
+            return s;
+        }
+        if self.absent {
+            return slot_for(index, series, Vec::new());
+        }
+        let hash = lb.delta_hash();
+        let known = self.delta_slots.get(&hash).and_then(|v| {
+            v.iter()
+                .find(|(d, _)| lb.delta_matches(d))
+                .map(|(_, slot)| *slot)
+        });
+        if let Some(slot) = known {
+            return slot;
+        }
+        let slot = slot_for(index, series, apply_grouping(&lb.labels(), grouping));
+        if self.delta_slots.len() < MAX_DELTAS_PER_STREAM {
+            self.delta_slots
+                .entry(hash)
+                .or_default()
+                .push((lb.delta(), slot));
+        }
+        slot
+    }
 }
 
 fn slot_for(
@@ -508,14 +558,11 @@ fn sweep(
         }
         let w = &values[lo..hi];
         let v = match agg.op {
-            RangeOp::CountOverTime => w.len() as f64,
-            RangeOp::Rate => {
-                if agg.range.unwrap.is_some() {
-                    w.iter().sum::<f64>() / range_secs
-                } else {
-                    w.len() as f64 / range_secs
-                }
-            }
+            // Without unwrap every sample is a count of lines (1 per line, or a whole
+            // block's lines when the store counted it), so both sum their samples.
+            RangeOp::CountOverTime if agg.range.unwrap.is_some() => w.len() as f64,
+            RangeOp::CountOverTime => w.iter().sum(),
+            RangeOp::Rate => w.iter().sum::<f64>() / range_secs,
             RangeOp::BytesOverTime | RangeOp::SumOverTime => w.iter().sum(),
             RangeOp::BytesRate => w.iter().sum::<f64>() / range_secs,
             RangeOp::AvgOverTime => avg(w),

@@ -38,6 +38,23 @@ pub struct SelectRequest<'a> {
     pub direction: Direction,
     /// The query's leading line filters, for block skipping; may be ignored.
     pub line_filters: &'a [LineFilter],
+    /// `Some((after, upto))`: the engine only counts lines and line bytes per structured
+    /// metadata set, in the one window `(after, upto]`. A store may then hand a block
+    /// lying wholly inside it as a [`BlockCount`] per metadata set instead of its
+    /// entries; it must not do so for a block that shares time with another piece of the
+    /// stream (their common entries are de-duplicated only when read).
+    pub count_window: Option<(i64, i64)>,
+}
+
+/// Lines and line bytes of one block carrying one structured-metadata set, given
+/// instead of the entries (see [`SelectRequest::count_window`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockCount {
+    /// A timestamp inside the block (its newest entry's).
+    pub timestamp_ns: i64,
+    pub metadata: Vec<(String, String)>,
+    pub lines: u64,
+    pub bytes: u64,
 }
 
 /// The substrings a line must contain to pass `filters` (leading line filters), as
@@ -104,6 +121,8 @@ pub type BatchIter = Box<dyn Iterator<Item = Result<EntryBatch, SourceError>> + 
 pub struct StreamData {
     pub labels: LabelSet,
     pub batches: BatchIter,
+    /// Blocks counted instead of read (only when the request had a `count_window`).
+    pub counts: Vec<BlockCount>,
 }
 
 impl std::fmt::Debug for StreamData {
@@ -197,6 +216,7 @@ impl LogSource for InMemorySource {
             out.push(StreamData {
                 labels: labels.clone(),
                 batches: Box::new(batches),
+                counts: Vec::new(),
             });
         }
         Ok(out)
@@ -251,6 +271,7 @@ mod tests {
         );
         let m = [Matcher::new("app", MatchOp::Eq, "a").unwrap()];
         let req = SelectRequest {
+            count_window: None,
             matchers: &m,
             start_ns: 1,
             end_ns: 3,
