@@ -614,6 +614,18 @@ ingester:
     let body = serde_json::json!({"streams": [{"stream": {"app": "cnt"}, "values": values}]});
     assert_eq!(server.push_json(None, &body).await.0, 204);
     assert_eq!(server.post_flush().await.0, 204);
+    // Late lines between the stored ones: a second segment whose blocks overlap the
+    // first's in time.
+    let late: Vec<Value> = (0..500)
+        .map(|i: i64| {
+            let level = levels[i as usize % levels.len()];
+            let line = format!("level={level} msg=\"late {i}\"");
+            serde_json::json!([(base + i * 600_000_000 + 100_000_000).to_string(), line])
+        })
+        .collect();
+    let body = serde_json::json!({"streams": [{"stream": {"app": "cnt"}, "values": late}]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    assert_eq!(server.post_flush().await.0, 204);
 
     let end = base + 1500 * 200_000_000;
     // The same aggregation with a filter that keeps every line reads every line.
@@ -657,10 +669,10 @@ ingester:
     assert_eq!(
         by_level,
         [
-            ("debug", "300"),
-            ("error", "300"),
-            ("info", "600"),
-            ("warn", "300")
+            ("debug", "400"),
+            ("error", "400"),
+            ("info", "800"),
+            ("warn", "400")
         ]
         .map(|(l, v)| (l.to_string(), v.to_string()))
     );
@@ -675,6 +687,6 @@ ingester:
         .await
         .unwrap();
     assert!(processed.counted_groups > 0, "{processed:?}");
-    assert_eq!(processed.lines, 1500);
+    assert_eq!(processed.lines, 2000);
     server.stop().await;
 }

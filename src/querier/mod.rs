@@ -411,32 +411,36 @@ impl LogSource for TenantSource {
 }
 
 /// Removes from `pieces` the blocks that can be counted unread, and returns their counts:
-/// blocks with a summary, lying wholly inside `[start, end)`, sharing no time with any
-/// other piece (entries common to two pieces are de-duplicated only when read).
-/// `summaries[i]` belongs to `pieces[i]`.
+/// stored blocks with a summary, lying wholly inside `[start, end)`, sharing no time with
+/// the stream's head. An entry can be in a head and a segment at once (flushed, head not
+/// yet cleared) and only reading de-duplicates it; stored blocks do not repeat each
+/// other's entries (the ingester drops duplicates of unflushed entries and WAL replay
+/// skips flushed ones), so blocks overlapping each other are still counted. An entry
+/// pushed again after its first copy was flushed is stored twice and counted twice here,
+/// as index/stats counts it. `summaries[i]` belongs to `pieces[i]`.
 fn take_counted(
     pieces: &mut Vec<Piece>,
     summaries: Vec<Option<Arc<crate::chunk::BlockSummary>>>,
     start: i64,
     end: i64,
 ) -> Vec<BlockCount> {
-    let mut order: Vec<usize> = (0..pieces.len()).collect();
-    order.sort_by_key(|&i| pieces[i].range());
-    let mut counted = vec![false; pieces.len()];
-    let mut newest_before = i64::MIN;
-    for (k, &i) in order.iter().enumerate() {
-        let (min, max) = pieces[i].range();
-        let alone = newest_before < min
-            && order
-                .get(k + 1)
-                .is_none_or(|&next| pieces[next].range().0 > max);
-        newest_before = newest_before.max(max);
-        counted[i] = alone
-            && start <= min
-            && max < end
-            && matches!(pieces[i], Piece::Block(..))
-            && summaries.get(i).is_some_and(|s| s.is_some());
-    }
+    let heads: Vec<(i64, i64)> = pieces
+        .iter()
+        .filter(|p| matches!(p, Piece::Head(_)))
+        .map(Piece::range)
+        .collect();
+    let counted: Vec<bool> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (min, max) = p.range();
+            matches!(p, Piece::Block(..))
+                && start <= min
+                && max < end
+                && heads.iter().all(|&(hmin, hmax)| hmax < min || hmin > max)
+                && summaries.get(i).is_some_and(|s| s.is_some())
+        })
+        .collect();
     let mut counts = Vec::new();
     let mut kept = Vec::with_capacity(pieces.len());
     for (i, (piece, summary)) in pieces.drain(..).zip(summaries).enumerate() {

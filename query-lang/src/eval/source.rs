@@ -41,8 +41,8 @@ pub struct SelectRequest<'a> {
     /// `Some((after, upto))`: the engine only counts lines and line bytes per structured
     /// metadata set, in the one window `(after, upto]`. A store may then hand a block
     /// lying wholly inside it as a [`BlockCount`] per metadata set instead of its
-    /// entries; it must not do so for a block that shares time with another piece of the
-    /// stream (their common entries are de-duplicated only when read).
+    /// entries, when no other piece of the stream can hold copies of the block's entries
+    /// (those are de-duplicated only when read).
     pub count_window: Option<(i64, i64)>,
 }
 
