@@ -1,6 +1,8 @@
 //! Shared fixtures of the end-to-end tests: a Loki-compatible push receiver that records
-//! what arrives and can answer errors or be stopped, the real `lode-shipper` binary as a
-//! child process, and writers of CRI and Docker log files under a fake `/var/log/pods`.
+//! what arrives and can answer errors or be stopped, the real `lode` server binary as a
+//! child process that can be stopped, restarted on its data dir and queried, the real
+//! `lode-shipper` binary as a child process, and writers of CRI and Docker log files
+//! under a fake `/var/log/pods`.
 //!
 //! It does not assert anything itself beyond waiting with a deadline; the tests decide
 //! what "correct" is.
@@ -326,36 +328,19 @@ impl Shipper {
         let Some(mut c) = self.child.take() else {
             return;
         };
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot send SIGTERM");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "shipper exited with {status}\n{}",
-                    self.log_tail()
-                );
-                return;
-            }
-            if start.elapsed() > DEADLINE {
-                let _ = c.kill();
-                panic!("shipper did not stop on SIGTERM\n{}", self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match sigterm_and_wait(&mut c) {
+            Ok(status) => assert!(
+                status.success(),
+                "shipper exited with {status}\n{}",
+                self.log_tail()
+            ),
+            Err(e) => panic!("shipper: {e}\n{}", self.log_tail()),
         }
     }
 
     /// The last lines the shipper logged, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(40);
-        lines.get(from..).unwrap_or(&[]).join("\n")
+        file_tail(&self.log)
     }
 }
 
@@ -367,23 +352,250 @@ impl Drop for Shipper {
 
 /// Polls `cond` every 20 ms until it holds; fails the test with the shipper's log after
 /// [`DEADLINE`].
-pub fn wait_until(what: &str, shipper: &Shipper, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, shipper: &Shipper, cond: impl FnMut() -> bool) {
+    wait_for(
+        what,
+        || format!("shipper log:\n{}", shipper.log_tail()),
+        cond,
+    );
+}
+
+/// Polls `cond` every 20 ms until it holds; after [`DEADLINE`] fails the test with
+/// `context()` (e.g. the logs of the processes involved).
+pub fn wait_for(what: &str, context: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         if start.elapsed() > DEADLINE {
-            panic!(
-                "timed out waiting for: {what}\nshipper log:\n{}",
-                shipper.log_tail()
-            );
+            panic!("timed out waiting for: {what}\n{}", context());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
+/// SIGTERM to `child`, then waits up to [`DEADLINE`] for its exit; `Err` says why not.
+fn sigterm_and_wait(child: &mut Child) -> Result<std::process::ExitStatus, String> {
+    let sent = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sent {
+        return Err("cannot send SIGTERM".into());
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(status);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no exit within {DEADLINE:?} of SIGTERM"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last 40 lines of a process's log file, for failure messages.
+fn file_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(40);
+    lines.get(from..).unwrap_or(&[]).join("\n")
+}
+
+/// The real `lode` server binary: cargo builds it next to `lode-shipper` when the
+/// workspace (or `-p lode`) is built, but not for `-p lode-shipper` alone.
+pub fn lode_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_lode-shipper")).with_file_name("lode");
+    assert!(
+        path.is_file(),
+        "the real server binary {} is missing: these tests run the `lode` server next to \
+         the shipper; build it first (`cargo build -p lode`) or run the suite with \
+         `cargo nextest run --workspace`, as scripts/test.sh does",
+        path.display()
+    );
+    path
+}
+
+/// The real `lode` server (`lode serve`, embedded defaults: no auth, tenant `fake`) on
+/// 127.0.0.1, with its data dir; SIGKILLed when dropped.
+pub struct LodeServer {
+    child: Option<Child>,
+    data_dir: PathBuf,
+    logs: PathBuf,
+    port: u16,
+    starts: usize,
+}
+
+impl LodeServer {
+    /// Starts a server on a free port with its data in `<dir>/lode-data` and its logs in
+    /// `<dir>/lode-<n>.log`; returns once `/ready` answers 200.
+    pub fn start(dir: &Path) -> Self {
+        let mut s = LodeServer {
+            child: None,
+            data_dir: dir.join("lode-data"),
+            logs: dir.to_path_buf(),
+            port: free_port(),
+            starts: 0,
+        };
+        s.restart();
+        s
+    }
+
+    /// Starts the server again on the same port and data dir (after [`Self::stop`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let start = Instant::now();
+        loop {
+            self.starts += 1;
+            let log = std::fs::File::create(self.log_path()).unwrap();
+            let mut child = Command::new(lode_binary())
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{}", self.port))
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            loop {
+                if http_get(self.port, "/ready").is_some_and(|(status, _)| status == 200) {
+                    self.child = Some(child);
+                    return;
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    // e.g. the port not released yet by the previous run: try again.
+                    eprintln!("lode exited at start with {status}:\n{}", self.log_tail());
+                    break;
+                }
+                if start.elapsed() > DEADLINE {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("lode did not become ready\n{}", self.log_tail());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "lode could not start\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM (graceful: in-flight requests finish, heads are flushed, the WAL is
+    /// checkpointed), then waits for exit status 0.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        match sigterm_and_wait(&mut c) {
+            Ok(status) => assert!(
+                status.success(),
+                "lode exited with {status}\n{}",
+                self.log_tail()
+            ),
+            Err(e) => panic!("lode: {e}\n{}", self.log_tail()),
+        }
+    }
+
+    pub fn push_url(&self) -> String {
+        format!("http://127.0.0.1:{}/loki/api/v1/push", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.logs.join(format!("lode-{}.log", self.starts))
+    }
+
+    /// The last lines the current (or last) server run logged.
+    pub fn log_tail(&self) -> String {
+        file_tail(&self.log_path())
+    }
+
+    /// `GET /loki/api/v1/query_range` for `logql` over `[start_ns, end_ns]`, forward, at
+    /// most `limit` entries; each returned value becomes a [`Received`] with the stream's
+    /// labels as the server answered them (tenant `fake`). `Err` on any HTTP or decoding
+    /// failure, so callers polling a restarting server can retry.
+    pub fn query_range(
+        &self,
+        logql: &str,
+        start_ns: i64,
+        end_ns: i64,
+        limit: usize,
+    ) -> Result<Vec<Received>, String> {
+        let path = format!(
+            "/loki/api/v1/query_range?query={}&start={start_ns}&end={end_ns}&limit={limit}&direction=forward",
+            percent_encode(logql)
+        );
+        let (status, body) =
+            http_get_timeout(self.port, &path, Duration::from_secs(10)).ok_or("no answer")?;
+        if status != 200 {
+            return Err(format!("status {status}: {body}"));
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if v["data"]["resultType"] != "streams" {
+            return Err(format!("not a streams result: {body}"));
+        }
+        let mut out = Vec::new();
+        for s in v["data"]["result"].as_array().ok_or("no data.result")? {
+            let labels = LabelSet::from_pairs(
+                s["stream"]
+                    .as_object()
+                    .ok_or("no stream labels")?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())),
+            )
+            .map_err(|e| e.to_string())?;
+            for value in s["values"].as_array().ok_or("no values")? {
+                let ts = value[0].as_str().ok_or("timestamp not a string")?;
+                out.push(Received {
+                    tenant: "fake".into(),
+                    labels: labels.clone(),
+                    timestamp_ns: ts.parse().map_err(|e| format!("timestamp {ts}: {e}"))?,
+                    line: value[1].as_str().ok_or("line not a string")?.to_string(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for LodeServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A minimal HTTP/1.0 GET: `(status, body)`.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_timeout(port, path, Duration::from_secs(2))
+}
+
+/// [`http_get`] with a read timeout of `timeout`.
+fn http_get_timeout(port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
