@@ -70,9 +70,10 @@ pub struct IngesterConfig {
     /// How often the flush loop looks for chunks to close and flush.
     #[serde(with = "humantime_serde")]
     pub flush_check_period: Duration,
-    /// How far behind a stream's newest entry an entry may be and still be accepted.
+    /// How far behind a stream's newest entry an entry may be and still be accepted;
+    /// unset, half of `max_chunk_age`, as Loki derives it.
     #[serde(with = "humantime_serde")]
-    pub out_of_order_time_window: Duration,
+    pub out_of_order_time_window: Option<Duration>,
     pub wal: wal::WalConfig,
 }
 
@@ -84,13 +85,20 @@ impl Default for IngesterConfig {
             max_chunk_age: Duration::from_secs(2 * 3600),
             chunk_idle_period: Duration::from_secs(30 * 60),
             flush_check_period: Duration::from_secs(30),
-            out_of_order_time_window: Duration::from_secs(3600),
+            out_of_order_time_window: None,
             wal: wal::WalConfig::default(),
         }
     }
 }
 
 impl IngesterConfig {
+    /// The out-of-order window in force: `out_of_order_time_window`, or else half of
+    /// `max_chunk_age` (Loki's rule: 1h with the default 2h).
+    pub fn out_of_order_window(&self) -> Duration {
+        self.out_of_order_time_window
+            .unwrap_or(self.max_chunk_age / 2)
+    }
+
     /// Explains the first bad value and the key that sets it.
     pub fn validate(&self) -> Result<(), Error> {
         if self.chunk_block_size == 0 || self.chunk_block_size > MAX_BLOCK_SIZE {
@@ -493,8 +501,7 @@ impl Ingester {
         streams: Vec<(LabelSet, Vec<Entry>)>,
     ) -> Result<PushOutcome, Error> {
         let mut outcome = PushOutcome::default();
-        let window =
-            i64::try_from(self.cfg.out_of_order_time_window.as_nanos()).unwrap_or(i64::MAX);
+        let window = i64::try_from(self.cfg.out_of_order_window().as_nanos()).unwrap_or(i64::MAX);
         let _gate = self.gate.read().await;
         // Check and reserve under the lock, so two concurrent pushes of one entry cannot
         // both pass the duplicate check.

@@ -161,6 +161,42 @@ async fn flush_all_writes_a_segment_in_the_index_and_empties_heads() {
 }
 
 #[tokio::test]
+async fn the_out_of_order_window_defaults_to_half_of_max_chunk_age() {
+    let f = Fixture::new();
+    let hour = 3600 * SEC;
+    let cfg = IngesterConfig {
+        max_chunk_age: Duration::from_secs(4 * 3600),
+        ..IngesterConfig::default()
+    };
+    assert_eq!(cfg.out_of_order_window(), Duration::from_secs(2 * 3600));
+    let (ing, _) = f.open(cfg).await;
+    ing.push(&tenant(), vec![(labels("api"), vec![entry(T0, "newest")])])
+        .await
+        .unwrap();
+    let out = ing
+        .push(
+            &tenant(),
+            vec![(
+                labels("api"),
+                vec![
+                    entry(T0 - 2 * hour + SEC, "inside a 2h window"),
+                    entry(T0 - 2 * hour - SEC, "outside"),
+                ],
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.accepted_entries, 1);
+    assert_eq!(out.rejected.len(), 1);
+    let explicit = IngesterConfig {
+        max_chunk_age: Duration::from_secs(4 * 3600),
+        out_of_order_time_window: Some(Duration::from_secs(600)),
+        ..IngesterConfig::default()
+    };
+    assert_eq!(explicit.out_of_order_window(), Duration::from_secs(600));
+}
+
+#[tokio::test]
 async fn entries_beyond_the_out_of_order_window_are_rejected_as_too_far_behind() {
     let f = Fixture::new();
     let (ing, _) = f.open(IngesterConfig::default()).await;
