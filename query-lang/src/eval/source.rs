@@ -59,19 +59,25 @@ pub struct BlockCount {
 
 /// The substrings a line must contain to pass `filters` (leading line filters), as
 /// groups of alternatives: a line passes only if, for every group, it contains one of
-/// the group's strings (`|= "a" or "b"` is one group of two). Filters other than `|=`
-/// with literal operands add no group. A store may skip a block holding no alternative
-/// of some group.
+/// the group's strings (`|= "a" or "b"` is one group of two). `|=` literals count as
+/// they are; a `|~` regex counts through the longest literal all its matches contain
+/// (at least 3 bytes, case-sensitive patterns only). Other filters add no group. A store
+/// may skip a block holding no alternative of some group.
 pub fn required_substrings(filters: &[LineFilter]) -> Vec<Vec<String>> {
     use crate::syntax::ast::{LineFilterOp, LineFilterValue};
     filters
         .iter()
-        .filter(|f| f.op == LineFilterOp::Contains && !f.values.is_empty())
+        .filter(|f| !f.values.is_empty())
         .filter_map(|f| {
             f.values
                 .iter()
-                .map(|v| match v {
-                    LineFilterValue::Literal(s) if !s.is_empty() => Some(s.clone()),
+                .map(|v| match (f.op, v) {
+                    (LineFilterOp::Contains, LineFilterValue::Literal(s)) if !s.is_empty() => {
+                        Some(s.clone())
+                    }
+                    (LineFilterOp::Match, LineFilterValue::Literal(s)) => {
+                        crate::log::line_filter::regex_required_literal(s, 3)
+                    }
                     _ => None,
                 })
                 .collect::<Option<Vec<String>>>()
@@ -237,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn required_substrings_come_from_contains_filters_with_literals_only() {
+    fn required_substrings_come_from_literal_and_regex_filters() {
         use crate::syntax::ast::{LineFilterOp as Op, LineFilterValue as V};
         let f = |op, values: Vec<V>| LineFilter { op, values };
         let lit = |s: &str| V::Literal(s.to_string());
@@ -248,12 +254,19 @@ mod tests {
             f(Op::Contains, vec![V::Ip("10.0.0.0/8".to_string())]),
             f(Op::NotContains, vec![lit("debug")]),
             f(Op::Match, vec![lit("x+")]),
+            f(Op::Match, vec![lit("(?i)error")]),
+            f(Op::Match, vec![lit("status=5[0-9]{2} path=/api")]),
+            f(Op::Match, vec![lit("timeout"), lit("refused.*conn")]),
+            f(Op::Match, vec![lit("timeout"), lit("a|b")]),
         ];
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             required_substrings(&filters),
             vec![
-                vec!["error".to_string()],
-                vec!["a".to_string(), "b".to_string()]
+                strings(&["error"]),
+                strings(&["a", "b"]),
+                strings(&[" path=/api"]),
+                strings(&["timeout", "refused"]),
             ]
         );
     }

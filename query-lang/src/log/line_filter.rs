@@ -151,6 +151,23 @@ fn case_folded_literal(pattern: &str) -> Option<String> {
 }
 
 /// Collects literals that every match of `hir` must contain.
+/// The longest literal every match of `pattern` contains, case-sensitively, when it has
+/// one of at least `min_len` bytes (so a store can skip text without it). `None` for
+/// invalid patterns, case-insensitive ones and patterns without such a literal.
+pub fn regex_required_literal(pattern: &str, min_len: usize) -> Option<String> {
+    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    if let Some(lit) = whole_literal(&hir) {
+        return (lit.len() >= min_len).then_some(lit);
+    }
+    let mut literals = Vec::new();
+    required_literals(&hir, &mut literals);
+    literals
+        .into_iter()
+        .max_by_key(Vec::len)
+        .filter(|l| l.len() >= min_len)
+        .and_then(|l| String::from_utf8(l).ok())
+}
+
 fn required_literals(hir: &Hir, out: &mut Vec<Vec<u8>>) {
     match hir.kind() {
         HirKind::Literal(l) => out.push(l.0.to_vec()),
