@@ -22,6 +22,7 @@ use lode_push::Entry;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use parking_lot::{Mutex, RwLock};
+use query_lang::eval::Needle;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk;
@@ -220,25 +221,52 @@ fn decoded_size(entries: &[Entry]) -> usize {
 
 /// Substrings a block must contain to be worth parsing: every group must have at least
 /// one of its needles somewhere in the decompressed payload (a query's `|= "a" or "b"`
-/// filters, in order). Matches in timestamps or metadata only cost a parse; the query
-/// engine applies the real filters afterwards, so the test may err only towards `true`.
+/// filters, in order, and the required literals of its `|~` regexes). Matches in
+/// timestamps or metadata only cost a parse; the query engine applies the real filters
+/// afterwards, so the test may err only towards `true`.
 #[derive(Clone, Debug, Default)]
 pub struct BlockFilter {
-    groups: Arc<Vec<Vec<memchr::memmem::Finder<'static>>>>,
+    groups: Arc<Vec<Vec<NeedleFinder>>>,
+}
+
+#[derive(Clone, Debug)]
+enum NeedleFinder {
+    Exact(Box<memchr::memmem::Finder<'static>>),
+    /// `(?i)` literals: ASCII case folded, as the line filter matches them.
+    Folded(aho_corasick::AhoCorasick),
+}
+
+impl NeedleFinder {
+    fn new(n: &Needle) -> Option<Self> {
+        if n.ignore_ascii_case {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build([n.text.as_bytes()])
+                .ok()
+                .map(NeedleFinder::Folded)
+        } else {
+            Some(NeedleFinder::Exact(Box::new(
+                memchr::memmem::Finder::new(n.text.as_bytes()).into_owned(),
+            )))
+        }
+    }
+
+    fn found_in(&self, payload: &[u8]) -> bool {
+        match self {
+            NeedleFinder::Exact(f) => f.find(payload).is_some(),
+            NeedleFinder::Folded(ac) => ac.is_match(payload),
+        }
+    }
 }
 
 impl BlockFilter {
-    /// A filter requiring, for each group, one of its needles. Empty needles and groups
-    /// holding one are dropped (they match everything).
-    pub fn new(groups: Vec<Vec<String>>) -> Self {
+    /// A filter requiring, for each group, one of its needles. Groups holding an empty
+    /// needle (or one that cannot be built) are dropped: they match everything.
+    pub fn new(groups: Vec<Vec<Needle>>) -> Self {
         let groups = groups
             .into_iter()
-            .filter(|g| !g.is_empty() && g.iter().all(|n| !n.is_empty()))
-            .map(|g| {
-                g.iter()
-                    .map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned())
-                    .collect()
-            })
+            .filter(|g| !g.is_empty() && g.iter().all(|n| !n.text.is_empty()))
+            .filter_map(|g| g.iter().map(NeedleFinder::new).collect::<Option<Vec<_>>>())
             .collect();
         BlockFilter {
             groups: Arc::new(groups),
@@ -254,7 +282,7 @@ impl BlockFilter {
     pub fn may_match(&self, payload: &[u8]) -> bool {
         self.groups
             .iter()
-            .all(|g| g.iter().any(|f| f.find(payload).is_some()))
+            .all(|g| g.iter().any(|f| f.found_in(payload)))
     }
 }
 
@@ -613,20 +641,24 @@ mod tests {
             .await
             .unwrap();
         let blocks = seg.footer.streams[0].chunks[0].blocks.clone();
-        let error = BlockFilter::new(vec![vec!["error".to_string()]]);
+        let needle = |t: &str| Needle {
+            text: t.to_string(),
+            ignore_ascii_case: false,
+        };
+        let error = BlockFilter::new(vec![vec![needle("error")]]);
         let first = storage.read_block_if(&seg, &blocks[0], &error).await;
         assert!(first.unwrap().is_none(), "no line of block 0 holds 'error'");
         let second = storage.read_block_if(&seg, &blocks[1], &error).await;
         assert_eq!(second.unwrap().unwrap().len(), 2);
         // Alternatives: either needle keeps the block.
-        let either = BlockFilter::new(vec![vec!["nope".to_string(), "/ok".to_string()]]);
+        let either = BlockFilter::new(vec![vec![needle("nope"), needle("/ok")]]);
         assert!(storage
             .read_block_if(&seg, &blocks[0], &either)
             .await
             .unwrap()
             .is_some());
         // Every group must be met.
-        let both = BlockFilter::new(vec![vec!["/ok".to_string()], vec!["nope".to_string()]]);
+        let both = BlockFilter::new(vec![vec![needle("/ok")], vec![needle("nope")]]);
         let cached_now = storage.read_block_if(&seg, &blocks[1], &both).await;
         assert!(
             cached_now.unwrap().is_some(),
@@ -638,7 +670,15 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+        // `(?i)` needles ignore ASCII case.
+        let folded = BlockFilter::new(vec![vec![Needle {
+            text: "ERROR".to_string(),
+            ignore_ascii_case: true,
+        }]]);
+        assert!(folded.may_match(b"... GET /x 500 Error ..."));
+        assert!(!folded.may_match(b"... GET /x 200 ok ..."));
+        assert!(!BlockFilter::new(vec![vec![needle("ERROR")]]).may_match(b"500 Error"));
         // An empty needle matches everything.
-        assert!(BlockFilter::new(vec![vec![String::new()]]).is_empty());
+        assert!(BlockFilter::new(vec![vec![needle("")]]).is_empty());
     }
 }

@@ -17,7 +17,7 @@ mod vector;
 pub use result::{EntryLabels, LogEntry, Point, QueryResult, Sample, Series, Stream};
 pub use source::{
     required_substrings, BatchIter, BlockCount, Direction, EntryBatch, InMemorySource, LogSource,
-    SelectRequest, SourceError, StreamData,
+    Needle, SelectRequest, SourceError, StreamData,
 };
 
 use crate::log::PipelineError;

@@ -57,13 +57,20 @@ pub struct BlockCount {
     pub bytes: u64,
 }
 
+/// A substring a line must contain, possibly ignoring ASCII case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Needle {
+    pub text: String,
+    pub ignore_ascii_case: bool,
+}
+
 /// The substrings a line must contain to pass `filters` (leading line filters), as
 /// groups of alternatives: a line passes only if, for every group, it contains one of
-/// the group's strings (`|= "a" or "b"` is one group of two). `|=` literals count as
+/// the group's needles (`|= "a" or "b"` is one group of two). `|=` literals count as
 /// they are; a `|~` regex counts through the longest literal all its matches contain
-/// (at least 3 bytes, case-sensitive patterns only). Other filters add no group. A store
-/// may skip a block holding no alternative of some group.
-pub fn required_substrings(filters: &[LineFilter]) -> Vec<Vec<String>> {
+/// (at least 3 bytes; `(?i)` + a plain literal is found ignoring ASCII case). Other
+/// filters add no group. A store may skip a block holding no needle of some group.
+pub fn required_substrings(filters: &[LineFilter]) -> Vec<Vec<Needle>> {
     use crate::syntax::ast::{LineFilterOp, LineFilterValue};
     filters
         .iter()
@@ -73,14 +80,22 @@ pub fn required_substrings(filters: &[LineFilter]) -> Vec<Vec<String>> {
                 .iter()
                 .map(|v| match (f.op, v) {
                     (LineFilterOp::Contains, LineFilterValue::Literal(s)) if !s.is_empty() => {
-                        Some(s.clone())
+                        Some(Needle {
+                            text: s.clone(),
+                            ignore_ascii_case: false,
+                        })
                     }
                     (LineFilterOp::Match, LineFilterValue::Literal(s)) => {
-                        crate::log::line_filter::regex_required_literal(s, 3)
+                        crate::log::line_filter::regex_required_literal(s, 3).map(
+                            |(text, ignore_ascii_case)| Needle {
+                                text,
+                                ignore_ascii_case,
+                            },
+                        )
                     }
                     _ => None,
                 })
-                .collect::<Option<Vec<String>>>()
+                .collect::<Option<Vec<Needle>>>()
         })
         .collect()
 }
@@ -255,16 +270,29 @@ mod tests {
             f(Op::NotContains, vec![lit("debug")]),
             f(Op::Match, vec![lit("x+")]),
             f(Op::Match, vec![lit("(?i)error")]),
+            f(Op::Match, vec![lit("(?i)err(or)?s")]),
             f(Op::Match, vec![lit("status=5[0-9]{2} path=/api")]),
             f(Op::Match, vec![lit("timeout"), lit("refused.*conn")]),
             f(Op::Match, vec![lit("timeout"), lit("a|b")]),
         ];
-        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let strings = |v: &[&str]| {
+            v.iter()
+                .map(|s| Needle {
+                    text: s.to_string(),
+                    ignore_ascii_case: false,
+                })
+                .collect::<Vec<_>>()
+        };
+        let folded = vec![Needle {
+            text: "error".to_string(),
+            ignore_ascii_case: true,
+        }];
         assert_eq!(
             required_substrings(&filters),
             vec![
                 strings(&["error"]),
                 strings(&["a", "b"]),
+                folded,
                 strings(&[" path=/api"]),
                 strings(&["timeout", "refused"]),
             ]

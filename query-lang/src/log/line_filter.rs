@@ -150,11 +150,18 @@ fn case_folded_literal(pattern: &str) -> Option<String> {
     plain.then(|| lit.to_owned())
 }
 
-/// Collects literals that every match of `hir` must contain.
-/// The longest literal every match of `pattern` contains, case-sensitively, when it has
-/// one of at least `min_len` bytes (so a store can skip text without it). `None` for
-/// invalid patterns, case-insensitive ones and patterns without such a literal.
-pub fn regex_required_literal(pattern: &str, min_len: usize) -> Option<String> {
+/// The longest literal every match of `pattern` contains, when it has one of at least
+/// `min_len` bytes (so a store can skip text without it), and whether it is to be found
+/// ignoring ASCII case (`(?i)` + a plain literal). `None` for invalid patterns, other
+/// case-insensitive ones and patterns without such a literal.
+pub fn regex_required_literal(pattern: &str, min_len: usize) -> Option<(String, bool)> {
+    if let Some(lit) = case_folded_literal(pattern) {
+        return (lit.len() >= min_len).then_some((lit, true));
+    }
+    case_sensitive_required_literal(pattern, min_len).map(|l| (l, false))
+}
+
+fn case_sensitive_required_literal(pattern: &str, min_len: usize) -> Option<String> {
     let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
     if let Some(lit) = whole_literal(&hir) {
         return (lit.len() >= min_len).then_some(lit);
@@ -168,6 +175,7 @@ pub fn regex_required_literal(pattern: &str, min_len: usize) -> Option<String> {
         .and_then(|l| String::from_utf8(l).ok())
 }
 
+/// Collects literals that every match of `hir` must contain.
 fn required_literals(hir: &Hir, out: &mut Vec<Vec<u8>>) {
     match hir.kind() {
         HirKind::Literal(l) => out.push(l.0.to_vec()),
