@@ -42,6 +42,7 @@ pub struct ShipperConfig {
     pub discovery: DiscoveryConfig,
     pub labels: LabelsConfig,
     pub pipeline: PipelineConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 /// The shipper's own HTTP endpoint (`/metrics`, `/ready`).
@@ -265,6 +266,54 @@ impl Default for PipelineConfig {
     }
 }
 
+/// Optional pod-label enrichment from the Kubernetes API, limited to the pods of this
+/// node (`spec.nodeName` = the `node_name` label). Off by default; needs `get`/`list` on
+/// `pods` (see `deploy/kubernetes/shipper-rbac.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Copies pod labels onto the streams of each pod of this node.
+    pub enrich_pod_labels: bool,
+    /// API base URL, e.g. `https://kubernetes.default.svc`. When unset:
+    /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, else
+    /// `https://kubernetes.default.svc`.
+    pub api_url: Option<String>,
+    /// Bearer token, re-read on every refresh (projected tokens rotate); `null` sends no
+    /// `Authorization` header (e.g. behind `kubectl proxy`).
+    pub token_file: Option<PathBuf>,
+    /// PEM CA bundle trusted for an `https` API URL; `null` uses the built-in web roots.
+    pub ca_file: Option<PathBuf>,
+    /// How often the pod list is fetched.
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+    /// Timeout of one pod-list request.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Pod label keys to copy (e.g. `app.kubernetes.io/name`); empty copies all.
+    pub labels: Vec<String>,
+    /// Prepended to each copied label's sanitised name (e.g. `pod_label_`).
+    pub label_prefix: String,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enrich_pod_labels: false,
+            api_url: None,
+            token_file: Some(PathBuf::from(
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            )),
+            ca_file: Some(PathBuf::from(
+                "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+            )),
+            refresh_interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            labels: Vec::new(),
+            label_prefix: String::new(),
+        }
+    }
+}
+
 impl ShipperConfig {
     /// Reads and validates a YAML file.
     pub fn load(path: &std::path::Path) -> Result<Self, Error> {
@@ -388,6 +437,32 @@ impl ShipperConfig {
                     .map_err(|e| invalid("labels.relabel.regex", re, &e.to_string()))?;
             }
         }
+        let k = &self.kubernetes;
+        if let Some(api) = &k.api_url {
+            let url = reqwest::Url::parse(api)
+                .map_err(|e| invalid("kubernetes.api_url", api, &e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "kubernetes.api_url",
+                    api,
+                    "scheme must be http or https",
+                ));
+            }
+        }
+        if k.refresh_interval.is_zero() {
+            return Err(invalid(
+                "kubernetes.refresh_interval",
+                "0s",
+                "must be greater than 0",
+            ));
+        }
+        if !k.label_prefix.is_empty() && !lode_push::labels::is_valid_label_name(&k.label_prefix) {
+            return Err(invalid(
+                "kubernetes.label_prefix",
+                &k.label_prefix,
+                "must be empty or match [a-zA-Z_][a-zA-Z0-9_]*",
+            ));
+        }
         Ok(())
     }
 }
@@ -438,5 +513,30 @@ mod tests {
         cfg.pipeline.drop = vec!["(".into()];
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("pipeline.drop"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_enrichment_is_off_by_default_and_uses_service_account_paths() {
+        let cfg: ShipperConfig = serde_yaml::from_str("kubernetes: {}").unwrap();
+        assert!(!cfg.kubernetes.enrich_pod_labels);
+        assert_eq!(
+            cfg.kubernetes.token_file.as_deref(),
+            Some(std::path::Path::new(
+                "/var/run/secrets/kubernetes.io/serviceaccount/token"
+            ))
+        );
+        assert_eq!(cfg.kubernetes.refresh_interval, Duration::from_secs(30));
+        let cfg: ShipperConfig = serde_yaml::from_str(
+            "kubernetes: {enrich_pod_labels: true, ca_file: null, labels: [app.kubernetes.io/name], refresh_interval: 5s}",
+        )
+        .unwrap();
+        assert!(cfg.kubernetes.enrich_pod_labels && cfg.kubernetes.ca_file.is_none());
+        cfg.validate().unwrap();
+        let err = serde_yaml::from_str::<ShipperConfig>("kubernetes: {enrich: true}").unwrap_err();
+        assert!(err.to_string().contains("enrich"), "{err}");
+        let mut cfg = ShipperConfig::default();
+        cfg.kubernetes.label_prefix = "pod-".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("kubernetes.label_prefix"), "{err}");
     }
 }

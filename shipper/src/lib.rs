@@ -7,11 +7,14 @@
 //! the [`client`], which batches per tenant, pushes protobuf + snappy, retries, and
 //! commits acknowledged offsets into [`positions`]; a writer task persists positions.
 //! With `client.disk_buffer`, batches the server cannot take go to the [`spool`].
-//! [`metrics`] and `/ready` are served over HTTP by [`run`].
+//! [`metrics`] and `/ready` are served over HTTP by [`run`]. With
+//! `kubernetes.enrich_pod_labels`, a [`kubernetes`] task lists this node's pods and the
+//! reader adds their labels to the pods' streams.
 
 pub mod client;
 pub mod config;
 pub mod format;
+pub mod kubernetes;
 pub mod metrics;
 pub mod pipeline;
 pub mod positions;
@@ -58,7 +61,27 @@ pub async fn run(
 ) -> Result<(), Error> {
     cfg.validate()?;
     let metrics = Arc::new(Metrics::new());
-    let pipeline = Arc::new(pipeline::Pipeline::new(&cfg.labels, &cfg.pipeline)?);
+    let mut pipeline = pipeline::Pipeline::new(&cfg.labels, &cfg.pipeline)?;
+    let mut refresher = None;
+    if cfg.kubernetes.enrich_pod_labels {
+        let Some(node) = pipeline.node_name().map(str::to_string) else {
+            return Err(config::Error::Invalid {
+                key: "kubernetes.enrich_pod_labels",
+                value: "true".into(),
+                why: "needs this node's name to list its pods: set labels.node_name or the NODE_NAME environment variable (downward API spec.nodeName)".into(),
+            }
+            .into());
+        };
+        let store = Arc::new(kubernetes::PodLabels::default());
+        pipeline = pipeline.with_pod_labels(store.clone());
+        refresher = Some(kubernetes::Refresher::new(
+            cfg.kubernetes.clone(),
+            node,
+            store,
+            metrics.clone(),
+        ));
+    }
+    let pipeline = Arc::new(pipeline);
 
     let pos_path = cfg.positions.filename.clone();
     if let Some(dir) = pos_path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -174,13 +197,17 @@ pub async fn run(
         metrics.clone(),
         writer_stop_rx,
     ));
-    let client_task = tokio::spawn(client.run(rx, stop_rx));
+    let client_task = tokio::spawn(client.run(rx, stop_rx.clone()));
+    let refresher_task = refresher.map(|r| tokio::spawn(r.run(stop_rx)));
 
     shutdown.await;
     info!("shutdown requested");
     stop_reader.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = client_task.await;
+    if let Some(t) = refresher_task {
+        let _ = t.await;
+    }
     let _ = writer_stop_tx.send(true);
     let _ = writer.await;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;

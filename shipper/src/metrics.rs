@@ -66,6 +66,8 @@ pub struct Metrics {
     pub disk_buffer_batches: Gauge,
     pub spooled_entries: Counter,
     pub disk_buffer_corrupt: Counter,
+    pub kubernetes_errors: Counter,
+    pub kubernetes_pods: Gauge,
     /// Unix milliseconds of the last successful positions write (0 = never).
     pub positions_written_at_ms: AtomicI64,
 }
@@ -109,6 +111,8 @@ impl Metrics {
             disk_buffer_batches: Gauge::default(),
             spooled_entries: Counter::default(),
             disk_buffer_corrupt: Counter::default(),
+            kubernetes_errors: Counter::default(),
+            kubernetes_pods: Gauge::default(),
             positions_written_at_ms: AtomicI64::new(0),
             registry: Registry::default(),
         };
@@ -249,6 +253,16 @@ impl Metrics {
             "disk_buffer_corrupt",
             "Spooled batches found unreadable and deleted",
             m.disk_buffer_corrupt.clone(),
+        );
+        r.register(
+            "kubernetes_errors",
+            "Failed pod-list refreshes from the Kubernetes API (pod-label enrichment)",
+            m.kubernetes_errors.clone(),
+        );
+        r.register(
+            "kubernetes_pods",
+            "Pods of this node in the last successful pod list",
+            m.kubernetes_pods.clone(),
         );
         Metrics { registry, ..m }
     }

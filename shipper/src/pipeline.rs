@@ -15,6 +15,10 @@
 //! name from the directory's `config.v2.json`, else the 12-char id), `compose_project` and
 //! `compose_service` when Compose labels exist, `job` = `docker/<container>`. Any other
 //! file gets `filename` and `job` = `lode-shipper`.
+//!
+//! With `kubernetes.enrich_pod_labels`, the labels of the file's pod as last listed by
+//! [`crate::kubernetes`] are added to its streams before relabelling; every label set
+//! above (path, `node_name`, static, `stream`) wins over a pod label of the same name.
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
@@ -24,6 +28,7 @@ use regex::Regex;
 
 use crate::config::{LabelsConfig, PipelineConfig, RelabelRule};
 use crate::format::Stream;
+use crate::kubernetes::{PodKey, PodLabels};
 
 /// Why labels could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,7 @@ pub struct Pipeline {
     rules: Vec<Rule>,
     json_labels: Vec<String>,
     drop: Vec<Regex>,
+    pods: Option<Arc<PodLabels>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -142,7 +148,40 @@ impl Pipeline {
             rules,
             json_labels: stages.json_labels.clone(),
             drop,
+            pods: None,
         })
+    }
+
+    /// Enriches streams of Kubernetes pods with the labels in `pods`.
+    pub fn with_pod_labels(mut self, pods: Arc<PodLabels>) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// The `node_name` label value, if any (also the node whose pods are listed).
+    pub fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
+    }
+
+    /// Changes whenever the pod-label map does; `None` without enrichment.
+    pub fn pod_labels_generation(&self) -> Option<u64> {
+        self.pods.as_ref().map(|p| p.generation())
+    }
+
+    /// The final labels of `stream` of a file of `pod`: like [`Self::stream_labels`],
+    /// with the pod's labels added first when enrichment is on and the pod is known.
+    pub fn pod_stream_labels(
+        &self,
+        pod: Option<&PodKey>,
+        file_labels: &[(String, String)],
+        stream: Option<Stream>,
+    ) -> StreamLabels {
+        let extra = self
+            .pods
+            .as_ref()
+            .zip(pod)
+            .and_then(|(pods, pod)| pods.get(pod));
+        self.labels_with(file_labels, extra.as_deref().unwrap_or(&[]), stream)
     }
 
     /// The labels every stream of `path` shares, before the `stream` label.
@@ -164,9 +203,23 @@ impl Pipeline {
         file_labels: &[(String, String)],
         stream: Option<Stream>,
     ) -> StreamLabels {
+        self.labels_with(file_labels, &[], stream)
+    }
+
+    fn labels_with(
+        &self,
+        file_labels: &[(String, String)],
+        pod_labels: &[(String, String)],
+        stream: Option<Stream>,
+    ) -> StreamLabels {
         let mut l: Vec<(String, String)> = file_labels.to_vec();
         if let Some(s) = stream {
             l.push(("stream".into(), s.as_str().into()));
+        }
+        for (k, v) in pod_labels {
+            if !l.iter().any(|(name, _)| name == k) {
+                l.push((k.clone(), v.clone()));
+            }
         }
         for rule in &self.rules {
             let value = |name: &str, l: &[(String, String)]| {
@@ -254,35 +307,55 @@ pub fn sanitize_label_name(name: &str) -> String {
     s
 }
 
+/// The pod of a `/var/log/pods/<namespace>_<pod>_<uid>/<container>/<file>` path, with
+/// the container name.
+fn kubernetes_parts(path: &Path) -> Option<(PodKey, &str)> {
+    let parts: Vec<&str> = path.iter().filter_map(|c| c.to_str()).collect();
+    let n = parts.len();
+    let pod_dir = parts.get(n.checked_sub(3)?)?;
+    let container = parts.get(n.checked_sub(2)?)?;
+    if pod_dir.split('_').count() < 3 {
+        return None;
+    }
+    // Namespaces and pod names are DNS labels (no '_'), the uid has none either, so
+    // splitting from the right is exact.
+    let mut it = pod_dir.rsplitn(3, '_');
+    let uid = it.next().unwrap_or_default();
+    let name = it.next().unwrap_or_default();
+    let namespace = it.next().unwrap_or_default();
+    Some((
+        PodKey {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        },
+        container,
+    ))
+}
+
+/// The pod a file belongs to, for Kubernetes pod log paths.
+pub fn pod_of_path(path: &Path) -> Option<PodKey> {
+    kubernetes_parts(path).map(|(pod, _)| pod)
+}
+
 /// Labels from a file path alone.
 pub fn path_labels(path: &Path, pod_uid: bool, filename: bool) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let parts: Vec<&str> = path.iter().filter_map(|c| c.to_str()).collect();
-    let n = parts.len();
-    let is_k8s = n >= 3
-        && parts
-            .get(n.wrapping_sub(3))
-            .is_some_and(|d| d.split('_').count() >= 3);
-    if let (true, Some(pod_dir), Some(container)) = (
-        is_k8s,
-        parts.get(n.wrapping_sub(3)),
-        parts.get(n.wrapping_sub(2)),
-    ) {
-        // Namespaces and pod names are DNS labels (no '_'), the uid has none either, so
-        // splitting from the right is exact.
-        let mut it = pod_dir.rsplitn(3, '_');
-        let uid = it.next().unwrap_or_default();
-        let pod = it.next().unwrap_or_default();
-        let namespace = it.next().unwrap_or_default();
-        out.push(("namespace".into(), namespace.to_string()));
-        out.push(("pod".into(), pod.to_string()));
+    if let Some((pod, container)) = kubernetes_parts(path) {
+        let PodKey {
+            namespace,
+            name,
+            uid,
+        } = pod;
+        out.push(("namespace".into(), namespace.clone()));
+        out.push(("pod".into(), name.clone()));
         out.push(("container".into(), container.to_string()));
         out.push(("job".into(), format!("{namespace}/{container}")));
-        if let Some(app) = infer_app(pod) {
+        if let Some(app) = infer_app(&name) {
             out.push(("app".into(), app.to_string()));
         }
         if pod_uid {
-            out.push(("pod_uid".into(), uid.to_string()));
+            out.push(("pod_uid".into(), uid));
         }
         if filename {
             out.push(("filename".into(), path.display().to_string()));
@@ -468,6 +541,45 @@ relabel:
         );
         let fl = p.file_labels(Path::new("/var/log/pods/kube-system_dns-0_u/dns/0.log"));
         assert_eq!(p.stream_labels(&fl, Some(Stream::Stdout)), None);
+    }
+
+    #[test]
+    fn pod_labels_are_added_before_relabelling_and_path_labels_win() {
+        let pods = Arc::new(PodLabels::default());
+        pods.replace(
+            crate::kubernetes::parse_pod_list(
+                br#"{"items":[{"metadata":{"name":"web-0","namespace":"shop","uid":"u",
+                  "labels":{"team":"a","namespace":"evil","stream":"x","drop.me":"y"}}}]}"#,
+                &crate::kubernetes::Selection::default(),
+            )
+            .unwrap(),
+        );
+        let p = pipeline(
+            "{node_name: n1, relabel: [{action: labeldrop, regex: drop_me}]}",
+            "{}",
+        )
+        .with_pod_labels(pods);
+        let path = Path::new("/var/log/pods/shop_web-0_u/nginx/0.log");
+        let fl = p.file_labels(path);
+        let pod = pod_of_path(path);
+        let l = p
+            .pod_stream_labels(pod.as_ref(), &fl, Some(Stream::Stdout))
+            .unwrap();
+        assert_eq!(
+            l.to_string(),
+            r#"{app="web", container="nginx", job="shop/nginx", namespace="shop", node_name="n1", pod="web-0", stream="stdout", team="a"}"#
+        );
+        // Unknown pod: path labels only.
+        let other = Path::new("/var/log/pods/shop_db-0_u2/pg/0.log");
+        let l = p
+            .pod_stream_labels(
+                pod_of_path(other).as_ref(),
+                &p.file_labels(other),
+                Some(Stream::Stdout),
+            )
+            .unwrap();
+        assert_eq!(l.get("team"), None);
+        assert_eq!(pod_of_path(Path::new("/var/log/syslog")), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{DiscoveryConfig, PipelineConfig, StartAt};
 use crate::format::{FileParser, Record, Stream};
+use crate::kubernetes::PodKey;
 use crate::metrics::{FormatLabel, Metrics, PathLabel};
 use crate::pipeline::{LineVerdict, Pipeline};
 use crate::positions::{self, FileId, Identity, Positions, FINGERPRINT_BYTES};
@@ -91,6 +92,8 @@ struct OpenFile {
     oversized: Option<(Vec<u8>, u64)>,
     parser: FileParser,
     file_labels: Vec<(String, String)>,
+    /// The file's pod, for pod-label enrichment.
+    pod: Option<PodKey>,
     streams: [Option<(StreamKey, Arc<LabelSet>)>; 3],
     rotated: bool,
     /// Since when the file is renamed to a rotated name or gone from disk.
@@ -107,6 +110,8 @@ pub struct Tailer {
     first_scan: bool,
     buf_entries: Vec<ReadEntry>,
     records: Vec<Record>,
+    /// Generation of the pod-label map the open files' stream labels were built from.
+    pod_labels_generation: Option<u64>,
 }
 
 fn is_rotated_candidate(path: &Path) -> bool {
@@ -138,6 +143,7 @@ impl Tailer {
             first_scan: true,
             buf_entries: Vec::new(),
             records: Vec::new(),
+            pod_labels_generation: None,
         }
     }
 
@@ -193,6 +199,7 @@ impl Tailer {
                 next_scan = Instant::now() + self.parts.discovery.rescan_interval;
                 scan_requested = false;
             }
+            self.refresh_pod_labels();
             let mut progressed = false;
             for i in 0..self.open.len() {
                 match self.read_turn(i) {
@@ -437,6 +444,7 @@ impl Tailer {
         debug!(path = %path.display(), offset, "tailing file");
         let pipeline = &self.parts.pipeline;
         let file_labels = pipeline.file_labels(&path);
+        let pod = crate::pipeline::pod_of_path(&path);
         let mut f = OpenFile {
             id,
             file,
@@ -452,6 +460,7 @@ impl Tailer {
                 self.parts.stages.max_line_size_truncate,
             ),
             file_labels,
+            pod,
             streams: [None, None, None],
             rotated,
             retiring_since: rotated.then(Instant::now),
@@ -462,7 +471,7 @@ impl Tailer {
             .enumerate()
         {
             if let Some(s) = f.streams.get_mut(slot) {
-                *s = self.stream_key(&f.file_labels, stream);
+                *s = self.stream_key(&f.file_labels, f.pod.as_ref(), stream);
             }
         }
         self.parts.metrics.files_opened.inc();
@@ -473,9 +482,13 @@ impl Tailer {
     fn stream_key(
         &self,
         file_labels: &[(String, String)],
+        pod: Option<&PodKey>,
         stream: Option<Stream>,
     ) -> Option<(StreamKey, Arc<LabelSet>)> {
-        let labels = self.parts.pipeline.stream_labels(file_labels, stream)?;
+        let labels = self
+            .parts
+            .pipeline
+            .pod_stream_labels(pod, file_labels, stream)?;
         Some((self.key_for(&labels), labels))
     }
 
@@ -490,6 +503,28 @@ impl Tailer {
             tenant: Arc::from(tenant),
             labels: Arc::from(labels.to_string()),
         }
+    }
+
+    /// Rebuilds the stream labels of open files after the pod-label map changed, so a
+    /// pod listed after its files were opened gets its labels from then on.
+    fn refresh_pod_labels(&mut self) {
+        let current = self.parts.pipeline.pod_labels_generation();
+        if current == self.pod_labels_generation {
+            return;
+        }
+        self.pod_labels_generation = current;
+        let mut open = std::mem::take(&mut self.open);
+        for f in open.iter_mut().filter(|f| f.pod.is_some()) {
+            for (slot, stream) in [Some(Stream::Stdout), Some(Stream::Stderr), None]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(s) = f.streams.get_mut(slot) {
+                    *s = self.stream_key(&f.file_labels, f.pod.as_ref(), stream);
+                }
+            }
+        }
+        self.open = open;
     }
 
     fn restart_truncated(&mut self, i: usize) {
