@@ -164,24 +164,27 @@ impl BlockSummary {
     /// The summary of `entries`, or `None` past [`MAX_SUMMARY_GROUPS`] distinct sets.
     pub fn of(entries: &[Entry]) -> Option<BlockSummary> {
         let mut groups: Vec<SummaryGroup> = Vec::new();
+        // Runs of lines share metadata: try the previous line's group first.
+        let mut last = 0;
         for e in entries {
-            let group = match groups
-                .iter_mut()
-                .find(|g| g.metadata == e.structured_metadata)
-            {
-                Some(g) => g,
-                None => {
-                    if groups.len() == MAX_SUMMARY_GROUPS {
-                        return None;
+            let same = |g: &SummaryGroup| g.metadata == e.structured_metadata;
+            let at = match groups.get(last).filter(|g| same(g)) {
+                Some(_) => last,
+                None => match groups.iter().position(same) {
+                    Some(i) => i,
+                    None if groups.len() == MAX_SUMMARY_GROUPS => return None,
+                    None => {
+                        groups.push(SummaryGroup {
+                            metadata: e.structured_metadata.clone(),
+                            count: 0,
+                            bytes: 0,
+                        });
+                        groups.len() - 1
                     }
-                    groups.push(SummaryGroup {
-                        metadata: e.structured_metadata.clone(),
-                        count: 0,
-                        bytes: 0,
-                    });
-                    groups.last_mut()?
-                }
+                },
             };
+            last = at;
+            let group = groups.get_mut(at)?;
             group.count += 1;
             group.bytes += e.line.len() as u64;
         }
@@ -314,23 +317,9 @@ pub fn decode_block_meta(bytes: &[u8]) -> Result<BlockMeta, Error> {
 /// Decodes one block: verifies magic, version and checksum, decompresses with a bounded
 /// buffer, and checks the entries agree with the header.
 pub fn decode_block(bytes: &[u8]) -> Result<(BlockMeta, Vec<Entry>), Error> {
-    let (meta, raw) = decompress_block(bytes)?;
-    let entries = parse_payload(&meta, &raw)?;
-    Ok((meta, entries))
-}
-
-/// A block's verified header and its decompressed payload, not yet parsed into entries:
-/// enough to test the payload for a substring before paying for the entries.
-pub fn decompress_block(bytes: &[u8]) -> Result<(BlockMeta, Vec<u8>), Error> {
-    let (meta, uncompressed, payload, _) = read_block_header(bytes)?;
-    let raw = zstd::bulk::decompress(payload, uncompressed)?;
-    if raw.len() != uncompressed {
-        return Err(Error::Mismatch(format!(
-            "payload is {} bytes uncompressed, header says {uncompressed}",
-            raw.len()
-        )));
-    }
-    Ok((meta, raw))
+    with_decompressed(bytes, |meta, raw| {
+        parse_payload(meta, raw).map(|e| (*meta, e))
+    })?
 }
 
 /// Verifies a block, decompresses its payload into this thread's reusable buffer and
@@ -372,7 +361,7 @@ pub fn with_decompressed<R>(
 /// Blocks are cut at ~256 KiB of lines; buffers up to four times that are kept for reuse.
 const MAX_TYPICAL_BLOCK: usize = 1 << 20;
 
-/// Parses a payload from [`decompress_block`] into its entries, checking them against
+/// Parses a payload from [`with_decompressed`] into its entries, checking them against
 /// the header.
 pub fn parse_payload(meta: &BlockMeta, raw: &[u8]) -> Result<Vec<Entry>, Error> {
     let mut r = Reader::new(raw);

@@ -319,6 +319,13 @@ impl Heads {
     }
 }
 
+/// The oldest and newest timestamps of `entries`, for the index's head ranges.
+fn time_range(entries: &[Entry]) -> Option<(i64, i64)> {
+    let min = entries.iter().map(|e| e.timestamp_ns).min()?;
+    let max = entries.iter().map(|e| e.timestamp_ns).max()?;
+    Some((min, max))
+}
+
 /// The dedup key of an entry: a 64-bit hash of its timestamp and line. Fixed-seeded so
 /// it is stable across restarts (WAL replay compares against flushed entries), and
 /// foldhash's quality variant rather than SipHash, which was 7 % of ingest CPU.
@@ -450,8 +457,7 @@ impl Ingester {
             if keep.is_empty() {
                 continue;
             }
-            let min = keep.iter().map(|e| e.timestamp_ns).min();
-            let max = keep.iter().map(|e| e.timestamp_ns).max();
+            let range = time_range(&keep);
             heads.append(
                 &self.cfg,
                 &record.tenant,
@@ -461,7 +467,7 @@ impl Ingester {
                 now,
             );
             drop(heads);
-            if let (Some(min), Some(max)) = (min, max) {
+            if let Some((min, max)) = range {
                 self.storage
                     .index()
                     .note_head(&record.tenant, &record.labels, min, max);
@@ -552,11 +558,10 @@ impl Ingester {
             for (labels, entries) in accepted {
                 outcome.accepted_entries += entries.len();
                 outcome.accepted_bytes += entries.iter().map(|e| e.line.len()).sum::<usize>();
-                let min = entries.iter().map(|e| e.timestamp_ns).min();
-                let max = entries.iter().map(|e| e.timestamp_ns).max();
+                let range = time_range(&entries);
                 let copy = subscribed.then(|| entries.clone());
                 heads.append(&self.cfg, tenant, &labels, entries, segment, now);
-                pushed.push((labels, min.zip(max), copy));
+                pushed.push((labels, range, copy));
             }
         }
         drop(_gate);

@@ -29,6 +29,7 @@ use query_lang::eval::{
 use query_lang::{Expr, Matcher};
 use tokio::sync::Semaphore;
 
+use crate::chunk::BlockSummary;
 use crate::limits::{Limits, LimitsConfig};
 use crate::storage::segment::BlockInfo;
 use crate::storage::{BlockFilter, SegmentMeta, Storage};
@@ -337,14 +338,15 @@ pub struct TenantSource {
 
 /// A run of one stream's entries whose time range is known before reading it.
 enum Piece {
-    Block(Arc<SegmentMeta>, BlockInfo),
+    /// A stored block, with its line totals per metadata set when its footer has them.
+    Block(Arc<SegmentMeta>, BlockInfo, Option<Arc<BlockSummary>>),
     Head(Arc<Vec<Entry>>),
 }
 
 impl Piece {
     fn range(&self) -> (i64, i64) {
         match self {
-            Piece::Block(_, b) => (b.meta.min_ts, b.meta.max_ts),
+            Piece::Block(_, b, _) => (b.meta.min_ts, b.meta.max_ts),
             Piece::Head(e) => (
                 e.first().map_or(0, |e| e.timestamp_ns),
                 e.last().map_or(0, |e| e.timestamp_ns),
@@ -364,27 +366,29 @@ impl LogSource for TenantSource {
         let mut out = Vec::new();
         for stream in index.streams(&self.tenant, req.matchers, start, req.end_ns) {
             let mut pieces = Vec::new();
-            let mut summaries = Vec::new();
             for chunk in index.segment_chunks(&self.tenant, stream.id, start, req.end_ns) {
                 let Some(info) = chunk.info() else { continue };
                 for (i, block) in info.blocks.iter().enumerate() {
                     if block.meta.overlaps(start, req.end_ns) {
-                        pieces.push(Piece::Block(chunk.segment.clone(), *block));
-                        summaries.push(info.summaries.get(i).cloned().flatten());
+                        let summary = info.summaries.get(i).cloned().flatten();
+                        pieces.push(Piece::Block(chunk.segment.clone(), *block, summary));
                     }
                 }
             }
             let head = self
                 .heads
                 .head_entries(&self.tenant, &stream.labels, start, req.end_ns);
-            if !head.is_empty() {
-                pieces.push(Piece::Head(Arc::new(head)));
-                summaries.push(None);
-            }
+            let head = (!head.is_empty()).then(|| Piece::Head(Arc::new(head)));
             let counts = match req.count_window {
-                Some(_) => take_counted(&mut pieces, summaries, start, req.end_ns),
+                Some(_) => take_counted(
+                    &mut pieces,
+                    head.as_ref().map(Piece::range),
+                    start,
+                    req.end_ns,
+                ),
                 None => Vec::new(),
             };
+            pieces.extend(head);
             for c in &counts {
                 self.processed.add_counted(c.lines, c.bytes);
             }
@@ -412,52 +416,36 @@ impl LogSource for TenantSource {
 
 /// Removes from `pieces` the blocks that can be counted unread, and returns their counts:
 /// stored blocks with a summary, lying wholly inside `[start, end)`, sharing no time with
-/// the stream's head. An entry can be in a head and a segment at once (flushed, head not
-/// yet cleared) and only reading de-duplicates it; stored blocks do not repeat each
-/// other's entries (the ingester drops duplicates of unflushed entries and WAL replay
-/// skips flushed ones), so blocks overlapping each other are still counted. An entry
-/// pushed again after its first copy was flushed is stored twice and counted twice here,
-/// as index/stats counts it. `summaries[i]` belongs to `pieces[i]`.
+/// the stream's head (`head`: its time range). An entry can be in a head and a segment at
+/// once (flushed, head not yet cleared) and only reading de-duplicates it; stored blocks
+/// do not repeat each other's entries (the ingester drops duplicates of unflushed entries
+/// and WAL replay skips flushed ones), so blocks overlapping each other are still
+/// counted. An entry pushed again after its first copy was flushed is stored twice and
+/// counted twice here, as index/stats counts it.
 fn take_counted(
     pieces: &mut Vec<Piece>,
-    summaries: Vec<Option<Arc<crate::chunk::BlockSummary>>>,
+    head: Option<(i64, i64)>,
     start: i64,
     end: i64,
 ) -> Vec<BlockCount> {
-    let heads: Vec<(i64, i64)> = pieces
-        .iter()
-        .filter(|p| matches!(p, Piece::Head(_)))
-        .map(Piece::range)
-        .collect();
-    let counted: Vec<bool> = pieces
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let (min, max) = p.range();
-            matches!(p, Piece::Block(..))
-                && start <= min
-                && max < end
-                && heads.iter().all(|&(hmin, hmax)| hmax < min || hmin > max)
-                && summaries.get(i).is_some_and(|s| s.is_some())
-        })
-        .collect();
     let mut counts = Vec::new();
-    let mut kept = Vec::with_capacity(pieces.len());
-    for (i, (piece, summary)) in pieces.drain(..).zip(summaries).enumerate() {
-        match summary {
-            Some(summary) if counted[i] => {
-                let (_, max) = piece.range();
-                counts.extend(summary.groups.iter().map(|g| BlockCount {
-                    timestamp_ns: max,
-                    metadata: g.metadata.clone(),
-                    lines: u64::from(g.count),
-                    bytes: g.bytes,
-                }));
-            }
-            _ => kept.push(piece),
+    pieces.retain(|piece| {
+        let Piece::Block(_, block, Some(summary)) = piece else {
+            return true;
+        };
+        let (min, max) = (block.meta.min_ts, block.meta.max_ts);
+        let clear_of_head = head.is_none_or(|(hmin, hmax)| hmax < min || hmin > max);
+        if !(start <= min && max < end && clear_of_head) {
+            return true;
         }
-    }
-    *pieces = kept;
+        counts.extend(summary.groups.iter().map(|g| BlockCount {
+            timestamp_ns: max,
+            metadata: g.metadata.clone(),
+            lines: u64::from(g.count),
+            bytes: g.bytes,
+        }));
+        false
+    });
     counts
 }
 
@@ -566,7 +554,7 @@ impl MergeReader {
         while self.prefetched.len() < self.pending.len().min(PREFETCH_BLOCKS) {
             let handle =
                 match self.pending.get(self.prefetched.len()) {
-                    Some(Piece::Block(seg, block)) => {
+                    Some(Piece::Block(seg, block, _)) => {
                         let (storage, seg, block) = (self.storage.clone(), seg.clone(), *block);
                         let filter = self.filter.clone();
                         Prefetch::Block(self.runtime.spawn(async move {
@@ -595,7 +583,7 @@ impl MergeReader {
                 .block_on(handle)
                 .map_err(|e| err(format!("block read failed: {e}")))?
                 .map_err(|e| err(e.to_string()))?,
-            (Piece::Block(seg, block), _) => self
+            (Piece::Block(seg, block, _), _) => self
                 .runtime
                 .block_on(self.storage.read_block_if(&seg, &block, &self.filter))
                 .map_err(|e| err(e.to_string()))?,
