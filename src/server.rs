@@ -1,10 +1,11 @@
 //! The server process: builds every component from a [`LodeConfig`], serves HTTP, and
 //! shuts down gracefully.
 //!
-//! Owns the lifecycle: create the data directories, open storage (loading segment footers
-//! into the index), open the ingester (replaying the WAL), start the flush loop and the
-//! runtime-config reloader, start the ruler when `ruler.enabled`, bind the listener (port 0
-//! picks a free one), serve the router of `crate::api`; on SIGTERM/SIGINT or
+//! Owns the lifecycle: create the data directories, bind the listener (port 0 picks a free
+//! one) and answer 503 there (`/ready` included) while storage opens (loading segment
+//! footers into the index) and the ingester replays the WAL, start the flush loop and the
+//! runtime-config reloader, start the ruler when `ruler.enabled`, then serve the router of
+//! `crate::api`; on SIGTERM/SIGINT or
 //! [`RunningServer::shutdown`]: stop accepting, let in-flight requests finish (up to
 //! `server.graceful_shutdown_timeout`), stop the ruler (saving alert state), flush every
 //! head to a segment and checkpoint the WAL. [`AppState`] is what every handler sees.
@@ -12,8 +13,12 @@
 //! It does not own any component's behaviour, only their wiring and order.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower::ServiceExt;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -208,6 +213,77 @@ pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
         })?;
     }
 
+    // Listen first: until the WAL is replayed every request (probes included) gets a 503,
+    // not a refused connection.
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    let app: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
+    let shutdown = Shutdown::default();
+    let stop = shutdown.clone();
+    let front = front_router(app.clone());
+    let serve = tokio::spawn(async move {
+        axum::serve(listener, front)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+    });
+    tracing::info!(%addr, "lode is listening; opening storage and replaying the WAL");
+    // A failed start must not leave the listener behind.
+    let started = build_state(config, shutdown.clone()).await;
+    let (state, background) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            shutdown.trigger();
+            let _ = serve.await;
+            return Err(e);
+        }
+    };
+    // Set once, here: the state was built exactly once above.
+    let _ = app.set(crate::api::router(state.clone()));
+    tracing::info!(%addr, "lode is ready");
+    Ok(RunningServer {
+        addr,
+        state,
+        serve: Some(serve),
+        background,
+    })
+}
+
+/// Serves `app` once it is set; before, answers every request with 503 (the WAL is being
+/// replayed), so readiness probes see "not ready" rather than a refused connection.
+fn front_router(app: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback(move |req: axum::extract::Request| {
+        let app = app.get().cloned();
+        async move {
+            match app {
+                Some(router) => router.oneshot(req).await.into_response(),
+                None => starting_response(),
+            }
+        }
+    })
+}
+
+fn starting_response() -> Response {
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        "not ready: lode is starting (opening storage, replaying the WAL)\n",
+    )
+        .into_response()
+}
+
+/// Opens storage and the ingester (WAL replay) and builds every other component.
+async fn build_state(
+    config: Arc<LodeConfig>,
+    shutdown: Shutdown,
+) -> Result<(AppState, Vec<JoinHandle<()>>), Error> {
     let metrics = Arc::new(Metrics::new());
     let limits = Arc::new(Limits::new(config.limits_config.clone()));
     let runtime_file = config.runtime_config.file.clone();
@@ -259,29 +335,9 @@ pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
         storage,
         metrics,
         distributor,
-        shutdown: Shutdown::default(),
+        shutdown,
     };
-    let addr = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| Error::Bind { addr, source })?;
-    let app = crate::api::router(state.clone());
-    let stop = state.shutdown.clone();
-    let serve = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await
-    });
-    tracing::info!(%addr, "lode is listening");
-    Ok(RunningServer {
-        addr,
-        state,
-        serve: Some(serve),
-        background,
-    })
+    Ok((state, background))
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
@@ -339,4 +395,31 @@ fn spawn_reloader(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> axum::extract::Request {
+        axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_get_503_until_startup_is_done_then_reach_the_api() {
+        let app = Arc::new(OnceLock::new());
+        let front = front_router(app.clone());
+        for path in ["/ready", "/loki/api/v1/push", "/metrics"] {
+            let r = front.clone().oneshot(get(path)).await.unwrap();
+            assert_eq!(r.status(), 503, "{path}");
+        }
+        let api = Router::new().route("/ready", axum::routing::get(|| async { "ready\n" }));
+        app.set(api).unwrap();
+        let r = front.clone().oneshot(get("/ready")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = front.oneshot(get("/elsewhere")).await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
 }

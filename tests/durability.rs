@@ -34,12 +34,14 @@ impl Drop for Server {
     }
 }
 
-/// Small blocks and chunks and a fast flush loop, so segments are written and the WAL is
-/// checkpointed while pushes are in flight.
+/// Small blocks and chunks, a tight memory bound and a fast flush loop, so segments are
+/// written (of chunks closed by size, and of sealed blocks split off open chunks under
+/// memory pressure) and the WAL is checkpointed while pushes are in flight.
 const CONFIG: &str = "\
 ingester:
   chunk_block_size: 2048
-  chunk_target_size: 1024
+  chunk_target_size: 16384
+  max_sealed_bytes: 8192
   chunk_idle_period: 300ms
   flush_check_period: 100ms
 ";

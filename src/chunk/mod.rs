@@ -9,22 +9,31 @@
 //! decompressing: time range, line count and raw line bytes. All integers little-endian.
 //!
 //! ```text
-//! block (v1)
+//! block (v2; v1 is still read)
 //! +0   magic "LBLK"            4
-//! +4   version = 1             u8
+//! +4   version = 2             u8
 //! +5   codec = 1 (zstd)        u8
 //! +6   reserved = 0            u16
 //! +8   count                   u32   entries in the block
 //! +12  min_ts                  i64   unix ns
 //! +20  max_ts                  i64   unix ns
 //! +28  raw_bytes               u64   sum of line lengths (what bytes_over_time counts)
-//! +36  uncompressed_len        u32   payload size before zstd
+//! +36  uncompressed_len        u32   columns_len + raw_bytes (v1: payload size before zstd)
 //! +40  compressed_len          u32   payload size on disk
 //! +44  crc32c                  u32   over bytes +0..+44 and the payload
-//! +48  payload                 compressed_len bytes, zstd of:
-//!        repeated count times:
+//! +48  payload                 compressed_len bytes:
+//!        v2: columns_zlen u32 | columns_len u32 | zstd(columns) | zstd(lines)
+//!            columns = count × varint(ts - previous ts, the first from min_ts)
+//!                    | count × varint(line_len)
+//!                    | count × (varint(md_count) (varint(len) name varint(len) val)*)
+//!            lines   = every line, concatenated in order (raw_bytes bytes)
+//!        v1: zstd of, count times:
 //!          ts i64 | line_len u32 | line | md_count u32 | (name_len u32 name val_len u32 val)*
 //! ```
+//!
+//! v2 keeps the lines apart from everything else: timestamps and lengths compress far
+//! better on their own (delta varints), a substring search runs over nothing but line
+//! text, and a count needs only the small columns frame, never the lines.
 //!
 //! A *chunk* is a list of blocks of one stream, framed and checksummed as a whole:
 //!
@@ -50,11 +59,14 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes};
 use lode_push::Entry;
 
-use wire::{put_str, Reader, WireError};
+use prost::encoding::{decode_varint, encode_varint};
+use wire::{Reader, WireError};
 
 pub const BLOCK_MAGIC: &[u8; 4] = b"LBLK";
 pub const CHUNK_MAGIC: &[u8; 4] = b"LCHK";
-pub const BLOCK_VERSION: u8 = 1;
+pub const BLOCK_VERSION: u8 = 2;
+/// The row-wise block version before columns; still read.
+pub const BLOCK_VERSION_ROWS: u8 = 1;
 pub const CHUNK_VERSION: u8 = 1;
 const CODEC_ZSTD: u8 = 1;
 pub const BLOCK_HEADER_LEN: usize = 48;
@@ -62,6 +74,9 @@ const CHUNK_HEADER_LEN: usize = 12;
 
 /// zstd level for blocks; level 1 against level 3 is measured in benches/storage.rs.
 pub const ZSTD_LEVEL: i32 = 1;
+
+/// zstd level of a block's columns frame (small, and read by every count).
+const COLUMNS_LEVEL: i32 = 1;
 
 /// Largest decompressed block accepted on read. Blocks are cut at `chunk_block_size`
 /// (validated to at most 16 MiB) plus one line, so anything larger is corrupt input.
@@ -197,32 +212,46 @@ impl SealedBlock {
     /// compresses them into one block.
     pub fn seal(mut entries: Vec<Entry>, level: i32) -> Result<SealedBlock, Error> {
         entries.sort_by_key(|e| e.timestamp_ns);
-        let mut payload = Vec::with_capacity(entries.iter().map(entry_size).sum());
-        let mut raw_bytes = 0u64;
-        for e in &entries {
-            payload.put_i64_le(e.timestamp_ns);
-            put_str(&mut payload, &e.line);
-            payload.put_u32_le(u32::try_from(e.structured_metadata.len()).unwrap_or(u32::MAX));
-            for (name, value) in &e.structured_metadata {
-                put_str(&mut payload, name);
-                put_str(&mut payload, value);
-            }
-            raw_bytes += e.line.len() as u64;
-        }
-        if payload.len() > MAX_BLOCK_UNCOMPRESSED {
-            return Err(Error::TooLarge {
-                size: payload.len(),
-                limit: MAX_BLOCK_UNCOMPRESSED,
-            });
-        }
-        let compressed = zstd::bulk::compress(&payload, level)?;
         let meta = BlockMeta {
             min_ts: entries.first().map_or(0, |e| e.timestamp_ns),
             max_ts: entries.last().map_or(0, |e| e.timestamp_ns),
             count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
-            raw_bytes,
+            raw_bytes: entries.iter().map(|e| e.line.len() as u64).sum(),
         };
-        let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + compressed.len());
+        let mut columns = Vec::with_capacity(entries.len() * 6);
+        let mut prev = meta.min_ts;
+        for e in &entries {
+            // Sorted, so every delta is >= 0 (wrapping only across the whole i64 range).
+            encode_varint(e.timestamp_ns.wrapping_sub(prev) as u64, &mut columns);
+            prev = e.timestamp_ns;
+        }
+        for e in &entries {
+            encode_varint(e.line.len() as u64, &mut columns);
+        }
+        for e in &entries {
+            encode_varint(e.structured_metadata.len() as u64, &mut columns);
+            for (name, value) in &e.structured_metadata {
+                encode_varint(name.len() as u64, &mut columns);
+                columns.put_slice(name.as_bytes());
+                encode_varint(value.len() as u64, &mut columns);
+                columns.put_slice(value.as_bytes());
+            }
+        }
+        let uncompressed = columns.len() as u64 + meta.raw_bytes;
+        if uncompressed > MAX_BLOCK_UNCOMPRESSED as u64 {
+            return Err(Error::TooLarge {
+                size: usize::try_from(uncompressed).unwrap_or(usize::MAX),
+                limit: MAX_BLOCK_UNCOMPRESSED,
+            });
+        }
+        let mut lines = Vec::with_capacity(meta.raw_bytes as usize);
+        for e in &entries {
+            lines.put_slice(e.line.as_bytes());
+        }
+        let columns_z = zstd::bulk::compress(&columns, COLUMNS_LEVEL)?;
+        let lines_z = zstd::bulk::compress(&lines, level)?;
+        let payload_len = 8 + columns_z.len() + lines_z.len();
+        let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + payload_len);
         out.put_slice(BLOCK_MAGIC);
         out.put_u8(BLOCK_VERSION);
         out.put_u8(CODEC_ZSTD);
@@ -231,12 +260,17 @@ impl SealedBlock {
         out.put_i64_le(meta.min_ts);
         out.put_i64_le(meta.max_ts);
         out.put_u64_le(meta.raw_bytes);
-        out.put_u32_le(payload.len() as u32);
-        out.put_u32_le(u32::try_from(compressed.len()).unwrap_or(u32::MAX));
-        let mut crc = crc32c::crc32c(&out);
-        crc = crc32c::crc32c_append(crc, &compressed);
-        out.put_u32_le(crc);
-        out.put_slice(&compressed);
+        // Both fit: at most MAX_BLOCK_UNCOMPRESSED, and zstd output stays near its input.
+        out.put_u32_le(uncompressed as u32);
+        out.put_u32_le(u32::try_from(payload_len).unwrap_or(u32::MAX));
+        let crc_at = out.len();
+        out.put_u32_le(0);
+        out.put_u32_le(columns_z.len() as u32);
+        out.put_u32_le(columns.len() as u32);
+        out.put_slice(&columns_z);
+        out.put_slice(&lines_z);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..crc_at]), &out[BLOCK_HEADER_LEN..]);
+        out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
         Ok(SealedBlock {
             meta,
             bytes: Bytes::from(out),
@@ -250,17 +284,18 @@ impl SealedBlock {
     }
 }
 
-fn entry_size(e: &Entry) -> usize {
-    16 + e.line.len()
-        + e.structured_metadata
-            .iter()
-            .map(|(n, v)| 8 + n.len() + v.len())
-            .sum::<usize>()
+/// A verified block header and where its payload is.
+struct Header<'a> {
+    meta: BlockMeta,
+    version: u8,
+    uncompressed: usize,
+    payload: &'a [u8],
+    /// Header + payload: the block's whole encoded length.
+    len: usize,
 }
 
-/// Reads and verifies a block header; returns the metadata, the payload and the total
-/// encoded length of the block (header + payload).
-fn read_block_header(bytes: &[u8]) -> Result<(BlockMeta, usize, &[u8], usize), Error> {
+/// Reads and verifies a block header.
+fn read_block_header(bytes: &[u8]) -> Result<Header<'_>, Error> {
     let mut r = Reader::new(bytes);
     let magic = r.take("block magic", 4)?;
     if magic != BLOCK_MAGIC {
@@ -269,7 +304,7 @@ fn read_block_header(bytes: &[u8]) -> Result<(BlockMeta, usize, &[u8], usize), E
         });
     }
     let version = r.u8("block version")?;
-    if version != BLOCK_VERSION {
+    if version != BLOCK_VERSION && version != BLOCK_VERSION_ROWS {
         return Err(Error::Version {
             what: "block",
             version,
@@ -306,12 +341,38 @@ fn read_block_header(bytes: &[u8]) -> Result<(BlockMeta, usize, &[u8], usize), E
             limit: MAX_BLOCK_UNCOMPRESSED,
         });
     }
-    Ok((meta, uncompressed, payload, BLOCK_HEADER_LEN + compressed))
+    Ok(Header {
+        meta,
+        version,
+        uncompressed,
+        payload,
+        len: BLOCK_HEADER_LEN + compressed,
+    })
 }
 
 /// Reads only a block's header (verifying its checksum).
 pub fn decode_block_meta(bytes: &[u8]) -> Result<BlockMeta, Error> {
-    read_block_header(bytes).map(|(meta, ..)| meta)
+    read_block_header(bytes).map(|h| h.meta)
+}
+
+/// A block's decompressed payload, as [`with_decompressed`] hands it over.
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    /// v1: entries row by row.
+    Rows(&'a [u8]),
+    /// v2: the columns frame and the concatenated lines.
+    Columns { columns: &'a [u8], lines: &'a [u8] },
+}
+
+impl<'a> Payload<'a> {
+    /// What a substring search must scan to find every line's text: the lines (v1: the
+    /// whole payload, so a hit there may be in a timestamp or length, never a miss).
+    pub fn text(&self) -> &'a [u8] {
+        match *self {
+            Payload::Rows(raw) => raw,
+            Payload::Columns { lines, .. } => lines,
+        }
+    }
 }
 
 /// Decodes one block: verifies magic, version and checksum, decompresses with a bounded
@@ -327,35 +388,129 @@ pub fn decode_block(bytes: &[u8]) -> Result<(BlockMeta, Vec<Entry>), Error> {
 /// when most blocks are only scanned for a substring and dropped.
 pub fn with_decompressed<R>(
     bytes: &[u8],
-    f: impl FnOnce(&BlockMeta, &[u8]) -> R,
+    f: impl FnOnce(&BlockMeta, Payload<'_>) -> R,
 ) -> Result<R, Error> {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<(Option<zstd::bulk::Decompressor<'static>>, Vec<u8>)> =
-            const { std::cell::RefCell::new((None, Vec::new())) };
-    }
-    let (meta, uncompressed, payload, _) = read_block_header(bytes)?;
+    let h = read_block_header(bytes)?;
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let (dctx, buf) = &mut *scratch;
+        let (dctx, first, second) = &mut *scratch;
         let dctx = match dctx {
             Some(d) => d,
             None => dctx.insert(zstd::bulk::Decompressor::new()?),
         };
-        buf.clear();
-        buf.reserve(uncompressed);
-        let n = dctx.decompress_to_buffer(payload, buf)?;
-        if n != uncompressed {
-            return Err(Error::Mismatch(format!(
-                "payload is {n} bytes uncompressed, header says {uncompressed}"
-            )));
-        }
-        let out = f(&meta, buf);
-        // A rare huge block must not pin its buffer in every thread for good.
-        if buf.capacity() > 4 * MAX_TYPICAL_BLOCK {
-            *buf = Vec::new();
+        let out = if h.version == BLOCK_VERSION_ROWS {
+            decompress_exact(dctx, h.payload, first, h.uncompressed, "payload")?;
+            f(&h.meta, Payload::Rows(first))
+        } else {
+            let (columns_z, columns_len, lines_z) = split_columns(&h)?;
+            decompress_exact(dctx, columns_z, first, columns_len, "columns")?;
+            let lines_len = h.uncompressed - columns_len;
+            decompress_exact(dctx, lines_z, second, lines_len, "lines")?;
+            f(
+                &h.meta,
+                Payload::Columns {
+                    columns: first,
+                    lines: second,
+                },
+            )
+        };
+        // A rare huge block must not pin its buffers in every thread for good.
+        for buf in [first, second] {
+            if buf.capacity() > 4 * MAX_TYPICAL_BLOCK {
+                *buf = Vec::new();
+            }
         }
         Ok(out)
     })
+}
+
+/// A decompression context and two reusable buffers (columns or v1 rows; lines).
+type Scratch = (Option<zstd::bulk::Decompressor<'static>>, Vec<u8>, Vec<u8>);
+
+thread_local! {
+    /// This thread's [`Scratch`]: decoding allocates nothing per block.
+    static SCRATCH: std::cell::RefCell<Scratch> =
+        const { std::cell::RefCell::new((None, Vec::new(), Vec::new())) };
+}
+
+/// Verifies a block and, when it is a v2 block, decompresses only its columns frame and
+/// calls `f(timestamp, line length, structured metadata)` for every entry in time order,
+/// never touching the lines. Returns false, calling nothing, for a v1 block (its lines
+/// and the rest share one frame: read it whole).
+pub fn for_each_column_entry(
+    bytes: &[u8],
+    mut f: impl FnMut(i64, usize, &[(&str, &str)]),
+) -> Result<bool, Error> {
+    let h = read_block_header(bytes)?;
+    if h.version == BLOCK_VERSION_ROWS {
+        return Ok(false);
+    }
+    let (columns_z, columns_len, _) = split_columns(&h)?;
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let (dctx, first, _) = &mut *scratch;
+        let dctx = match dctx {
+            Some(d) => d,
+            None => dctx.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompress_exact(dctx, columns_z, first, columns_len, "columns")?;
+        let bad = |what: &str| Error::Mismatch(format!("block columns: {what}"));
+        let (timestamps, lengths, mut rest) = read_ts_and_lengths(&h.meta, first)?;
+        let mut metadata: Vec<(&str, &str)> = Vec::new();
+        for (ts, len) in timestamps.into_iter().zip(lengths) {
+            let n = decode_varint(&mut rest).map_err(|_| bad("bad metadata count"))? as usize;
+            if n > rest.len() / 2 {
+                return Err(bad("metadata count larger than the columns"));
+            }
+            metadata.clear();
+            for _ in 0..n {
+                let name = take_str(&mut rest).ok_or_else(|| bad("bad metadata name"))?;
+                let value = take_str(&mut rest).ok_or_else(|| bad("bad metadata value"))?;
+                metadata.push((name, value));
+            }
+            f(ts, len, &metadata);
+        }
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(true)
+    })
+}
+
+/// A v2 payload's compressed columns, their uncompressed length and compressed lines,
+/// checked against the header.
+fn split_columns<'a>(h: &Header<'a>) -> Result<(&'a [u8], usize, &'a [u8]), Error> {
+    let mut r = Reader::new(h.payload);
+    let columns_zlen = r.u32("block columns_zlen")? as usize;
+    let columns_len = r.u32("block columns_len")? as usize;
+    let columns_z = r.take("block columns", columns_zlen)?;
+    let lines_z = r.take("block lines", r.remaining())?;
+    if h.uncompressed.checked_sub(columns_len) != Some(h.meta.raw_bytes as usize) {
+        return Err(Error::Mismatch(format!(
+            "{columns_len} bytes of columns and {} of lines do not make the {} in the header",
+            h.meta.raw_bytes, h.uncompressed
+        )));
+    }
+    Ok((columns_z, columns_len, lines_z))
+}
+
+/// Decompresses `src` into `buf`, which must come out exactly `len` bytes long.
+fn decompress_exact(
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    src: &[u8],
+    buf: &mut Vec<u8>,
+    len: usize,
+    what: &str,
+) -> Result<(), Error> {
+    buf.clear();
+    buf.reserve(len);
+    let n = dctx.decompress_to_buffer(src, buf)?;
+    if n != len {
+        return Err(Error::Mismatch(format!(
+            "{what} are {n} bytes uncompressed, header says {len}"
+        )));
+    }
+    Ok(())
 }
 
 /// Blocks are cut at ~256 KiB of lines; buffers up to four times that are kept for reuse.
@@ -363,7 +518,97 @@ const MAX_TYPICAL_BLOCK: usize = 1 << 20;
 
 /// Parses a payload from [`with_decompressed`] into its entries, checking them against
 /// the header.
-pub fn parse_payload(meta: &BlockMeta, raw: &[u8]) -> Result<Vec<Entry>, Error> {
+pub fn parse_payload(meta: &BlockMeta, payload: Payload<'_>) -> Result<Vec<Entry>, Error> {
+    match payload {
+        Payload::Rows(raw) => parse_rows(meta, raw),
+        Payload::Columns { columns, lines } => parse_columns(meta, columns, lines),
+    }
+}
+
+/// A v2 block's timestamps and line lengths, and the columns left after them
+/// (structured metadata).
+type TsAndLengths<'a> = (Vec<i64>, Vec<usize>, &'a [u8]);
+
+/// Reads the timestamps and line lengths off the front of a v2 block's columns.
+fn read_ts_and_lengths<'a>(
+    meta: &BlockMeta,
+    mut columns: &'a [u8],
+) -> Result<TsAndLengths<'a>, Error> {
+    let bad = |what: &str| Error::Mismatch(format!("block columns: {what}"));
+    let count = meta.count as usize;
+    // Every entry takes at least three bytes of columns (ts, length, metadata count).
+    if count > columns.len() / 3 {
+        return Err(bad("fewer bytes than the header's entry count needs"));
+    }
+    let mut timestamps = Vec::with_capacity(count);
+    let mut ts = meta.min_ts;
+    for _ in 0..count {
+        let delta = decode_varint(&mut columns).map_err(|_| bad("bad timestamp"))?;
+        ts = ts.wrapping_add(delta as i64);
+        timestamps.push(ts);
+    }
+    if count > 0 && (timestamps.first() != Some(&meta.min_ts) || ts != meta.max_ts) {
+        return Err(bad("timestamps disagree with the header's time range"));
+    }
+    let mut lengths = Vec::with_capacity(count);
+    let mut total = 0u64;
+    for _ in 0..count {
+        let len = decode_varint(&mut columns).map_err(|_| bad("bad line length"))?;
+        total = total.saturating_add(len);
+        lengths.push(usize::try_from(len).map_err(|_| bad("line length"))?);
+    }
+    if total != meta.raw_bytes {
+        return Err(bad("line lengths disagree with the header's raw bytes"));
+    }
+    Ok((timestamps, lengths, columns))
+}
+
+fn parse_columns(meta: &BlockMeta, columns: &[u8], lines: &[u8]) -> Result<Vec<Entry>, Error> {
+    let bad = |what: &str| Error::Mismatch(format!("block columns: {what}"));
+    let (timestamps, lengths, mut columns) = read_ts_and_lengths(meta, columns)?;
+    let text = std::str::from_utf8(lines).map_err(|_| {
+        Error::Wire(WireError::Utf8 {
+            field: "entry line",
+        })
+    })?;
+    let mut entries = Vec::with_capacity(timestamps.len());
+    let mut at = 0usize;
+    for (timestamp_ns, len) in timestamps.into_iter().zip(lengths) {
+        let line = text
+            .get(at..at + len)
+            .ok_or_else(|| bad("a line length splits a character or overruns the lines"))?;
+        at += len;
+        let n = decode_varint(&mut columns).map_err(|_| bad("bad metadata count"))? as usize;
+        if n > columns.len() / 2 {
+            return Err(bad("metadata count larger than the columns"));
+        }
+        let mut structured_metadata = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = take_str(&mut columns).ok_or_else(|| bad("bad metadata name"))?;
+            let value = take_str(&mut columns).ok_or_else(|| bad("bad metadata value"))?;
+            structured_metadata.push((name.to_owned(), value.to_owned()));
+        }
+        entries.push(Entry {
+            timestamp_ns,
+            line: line.to_owned(),
+            structured_metadata,
+        });
+    }
+    if !columns.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(entries)
+}
+
+/// Takes a varint-length-prefixed UTF-8 string off the front of `buf`.
+fn take_str<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
+    let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
+    let bytes = buf.get(..len)?;
+    *buf = buf.get(len..)?;
+    std::str::from_utf8(bytes).ok()
+}
+
+fn parse_rows(meta: &BlockMeta, raw: &[u8]) -> Result<Vec<Entry>, Error> {
     let mut r = Reader::new(raw);
     // 16 bytes is the smallest entry: ts, empty line, no metadata.
     let mut entries = Vec::with_capacity((meta.count as usize).min(raw.len() / 16));
@@ -477,9 +722,13 @@ pub fn decode_chunk(bytes: &[u8]) -> Result<Vec<BlockRef>, Error> {
     let mut offset = CHUNK_HEADER_LEN;
     for _ in 0..n {
         let rest = body.get(offset..).unwrap_or_default();
-        let (meta, _, _, len) = read_block_header(rest)?;
-        refs.push(BlockRef { meta, offset, len });
-        offset += len;
+        let h = read_block_header(rest)?;
+        refs.push(BlockRef {
+            meta: h.meta,
+            offset,
+            len: h.len,
+        });
+        offset += h.len;
     }
     if offset != body.len() {
         return Err(Error::Mismatch(format!(
@@ -501,6 +750,7 @@ pub fn fuzz_decode(data: &[u8]) {
         }
     }
     let _ = decode_block(data);
+    let _ = for_each_column_entry(data, |_, _, _| ());
 }
 
 #[cfg(test)]
@@ -568,6 +818,90 @@ mod tests {
             with_decompressed(&bad, |_, _| ()),
             Err(Error::Checksum { .. })
         ));
+    }
+
+    /// A block as version 1 wrote it (row-wise payload), for the compatibility test.
+    fn seal_v1(entries: &[Entry]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        for e in entries {
+            payload.put_i64_le(e.timestamp_ns);
+            wire::put_str(&mut payload, &e.line);
+            payload.put_u32_le(e.structured_metadata.len() as u32);
+            for (name, value) in &e.structured_metadata {
+                wire::put_str(&mut payload, name);
+                wire::put_str(&mut payload, value);
+            }
+        }
+        let compressed = zstd::bulk::compress(&payload, 1).unwrap();
+        let mut out = Vec::new();
+        out.put_slice(BLOCK_MAGIC);
+        out.put_u8(BLOCK_VERSION_ROWS);
+        out.put_u8(CODEC_ZSTD);
+        out.put_u16_le(0);
+        out.put_u32_le(entries.len() as u32);
+        out.put_i64_le(entries.first().unwrap().timestamp_ns);
+        out.put_i64_le(entries.last().unwrap().timestamp_ns);
+        out.put_u64_le(entries.iter().map(|e| e.line.len() as u64).sum());
+        out.put_u32_le(payload.len() as u32);
+        out.put_u32_le(compressed.len() as u32);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out), &compressed);
+        out.put_u32_le(crc);
+        out.put_slice(&compressed);
+        out
+    }
+
+    #[test]
+    fn blocks_written_row_wise_by_version_1_still_decode() {
+        let entries = vec![
+            entry(1, "first line"),
+            Entry {
+                timestamp_ns: 2,
+                line: "with metadata".into(),
+                structured_metadata: vec![("trace_id".into(), "abc".into())],
+            },
+        ];
+        let v1 = seal_v1(&entries);
+        assert_eq!(decode_block(&v1).unwrap().1, entries);
+        let text = with_decompressed(&v1, |_, p| p.text().to_vec()).unwrap();
+        assert!(text.windows(10).any(|w| w == b"first line"));
+    }
+
+    #[test]
+    fn a_substring_search_of_a_columnar_block_sees_only_line_text() {
+        let b = SealedBlock::seal(vec![entry(1, "alpha"), entry(2, "beta")], 1).unwrap();
+        let text = with_decompressed(&b.bytes, |_, p| p.text().to_vec()).unwrap();
+        assert_eq!(text, b"alphabeta");
+    }
+
+    #[test]
+    fn the_columns_alone_give_every_entry_but_its_text() {
+        let entries = vec![
+            entry(5, "hello"),
+            Entry {
+                timestamp_ns: 9,
+                line: "hi".into(),
+                structured_metadata: vec![("level".into(), "warn".into())],
+            },
+        ];
+        let b = SealedBlock::seal(entries, 1).unwrap();
+        let mut seen = Vec::new();
+        let columnar = for_each_column_entry(&b.bytes, |ts, len, md| {
+            seen.push((
+                ts,
+                len,
+                md.iter()
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect::<Vec<_>>(),
+            ))
+        })
+        .unwrap();
+        assert!(columnar);
+        assert_eq!(
+            seen,
+            [(5, 5, vec![]), (9, 2, vec!["level=warn".to_string()])]
+        );
+        let v1 = seal_v1(&[entry(1, "a")]);
+        assert!(!for_each_column_entry(&v1, |_, _, _| unreachable!()).unwrap());
     }
 
     #[test]

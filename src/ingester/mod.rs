@@ -59,6 +59,11 @@ pub const REASON_DUPLICATE: &str = "duplicate";
 pub struct IngesterConfig {
     /// A chunk closes once its sealed blocks reach this many compressed bytes.
     pub chunk_target_size: usize,
+    /// Lode only: once the sealed blocks held in memory (open and closed chunks of every
+    /// stream) reach this many compressed bytes, the flush loop writes them all to a
+    /// segment at once instead of waiting for chunks to fill, bounding the ingester's
+    /// memory. 0 turns the bound off (Loki's behaviour).
+    pub max_sealed_bytes: usize,
     /// A head block is cut into a sealed block once its raw entries reach this many bytes.
     pub chunk_block_size: usize,
     /// A chunk closes this long after its first entry arrived.
@@ -81,6 +86,7 @@ impl Default for IngesterConfig {
     fn default() -> Self {
         IngesterConfig {
             chunk_target_size: 1_572_864,
+            max_sealed_bytes: 16 << 20,
             chunk_block_size: 262_144,
             max_chunk_age: Duration::from_secs(2 * 3600),
             chunk_idle_period: Duration::from_secs(30 * 60),
@@ -185,8 +191,10 @@ struct Chunk {
     hashes: Vec<u64>,
     created_ns: i64,
     last_append_ns: i64,
-    /// Oldest WAL segment holding one of this chunk's entries.
+    /// Oldest WAL segment holding an entry of `blocks`.
     min_wal: Option<SegmentNo>,
+    /// Oldest WAL segment holding an entry of `head`.
+    head_min_wal: Option<SegmentNo>,
 }
 
 impl Chunk {
@@ -201,6 +209,7 @@ impl Chunk {
             created_ns: now_ns,
             last_append_ns: now_ns,
             min_wal: None,
+            head_min_wal: None,
         }
     }
 
@@ -208,16 +217,55 @@ impl Chunk {
         self.blocks.is_empty() && self.head.is_empty()
     }
 
-    /// Seals the open head block into a block.
-    fn cut(&mut self) -> Result<(), chunk::Error> {
+    /// Seals the open head block into a block; returns the compressed bytes it added.
+    fn cut(&mut self) -> Result<usize, chunk::Error> {
         if self.head.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let block = SealedBlock::seal(std::mem::take(&mut self.head), ZSTD_LEVEL)?;
-        self.sealed_bytes += block.bytes.len();
+        let added = block.bytes.len();
+        self.sealed_bytes += added;
         self.blocks.push(block);
         self.head_bytes = 0;
-        Ok(())
+        self.min_wal = min_segment(self.min_wal, self.head_min_wal.take());
+        Ok(added)
+    }
+
+    /// Moves the sealed blocks (and their entries' dedup hashes) into a new chunk `id`,
+    /// leaving the open head block here; `None` when there are no sealed blocks.
+    fn split_sealed(&mut self, id: u64) -> Option<Chunk> {
+        if self.blocks.is_empty() {
+            return None;
+        }
+        let sealed_entries: usize = self.blocks.iter().map(|b| b.meta.count as usize).sum();
+        let hashes: Vec<u64> = self
+            .hashes
+            .drain(..sealed_entries.min(self.hashes.len()))
+            .collect();
+        Some(Chunk {
+            id,
+            blocks: std::mem::take(&mut self.blocks),
+            sealed_bytes: std::mem::take(&mut self.sealed_bytes),
+            head: Vec::new(),
+            head_bytes: 0,
+            hashes,
+            created_ns: self.created_ns,
+            last_append_ns: self.last_append_ns,
+            min_wal: self.min_wal.take(),
+            head_min_wal: None,
+        })
+    }
+
+    /// Oldest WAL segment holding any of the chunk's entries.
+    fn oldest_wal(&self) -> Option<SegmentNo> {
+        min_segment(self.min_wal, self.head_min_wal)
+    }
+}
+
+fn min_segment(a: Option<SegmentNo>, b: Option<SegmentNo>) -> Option<SegmentNo> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -261,6 +309,8 @@ impl StreamHead {
 struct Heads {
     tenants: HashMap<TenantId, HashMap<LabelSet, StreamHead>>,
     next_chunk_id: u64,
+    /// Compressed bytes of every sealed block held, in open and closed chunks.
+    sealed_total: usize,
 }
 
 impl Heads {
@@ -278,6 +328,7 @@ impl Heads {
         let Heads {
             tenants,
             next_chunk_id,
+            sealed_total,
         } = self;
         let stream = tenants
             .entry(tenant.clone())
@@ -303,12 +354,15 @@ impl Heads {
             c.head_bytes += e.line.len();
             c.head.push(e);
             c.last_append_ns = now_ns;
-            c.min_wal = Some(c.min_wal.map_or(wal_segment, |m| m.min(wal_segment)));
+            c.head_min_wal = min_segment(c.head_min_wal, Some(wal_segment));
             if c.head_bytes >= cfg.chunk_block_size {
-                if let Err(err) = c.cut() {
+                match c.cut() {
+                    Ok(added) => *sealed_total += added,
                     // Only an entry set over the block size limit fails; keep it in the
                     // head block, where reads still find it.
-                    tracing::error!(%tenant, %labels, error = %err, "cannot cut head block");
+                    Err(err) => {
+                        tracing::error!(%tenant, %labels, error = %err, "cannot cut head block")
+                    }
                 }
                 if c.sealed_bytes >= cfg.chunk_target_size {
                     let full = std::mem::replace(&mut day.open, Chunk::new(0, now_ns));
@@ -360,6 +414,9 @@ pub struct Ingester {
     gate: tokio::sync::RwLock<()>,
     /// One flush at a time (the loop and `flush_all`).
     flushing: tokio::sync::Mutex<()>,
+    /// Raised by a push that left `max_sealed_bytes` or more sealed in memory; wakes the
+    /// flush loop before its next period.
+    pressure: Arc<tokio::sync::Notify>,
     tx: broadcast::Sender<Arc<Pushed>>,
     /// Where counters go once the server hands over its registry.
     metrics: arc_swap::ArcSwapOption<Metrics>,
@@ -422,6 +479,7 @@ impl Ingester {
             heads: Mutex::new(Heads::default()),
             gate: tokio::sync::RwLock::new(()),
             flushing: tokio::sync::Mutex::new(()),
+            pressure: Arc::new(tokio::sync::Notify::new()),
             tx,
             metrics: arc_swap::ArcSwapOption::empty(),
             replay_truncations,
@@ -553,7 +611,7 @@ impl Ingester {
         // Entries move into the heads; live tail, when anyone listens, gets a copy.
         let subscribed = self.tx.receiver_count() > 0;
         let mut pushed = Vec::with_capacity(accepted.len());
-        {
+        let pressed = {
             let mut heads = self.heads.lock();
             for (labels, entries) in accepted {
                 outcome.accepted_entries += entries.len();
@@ -563,6 +621,10 @@ impl Ingester {
                 heads.append(&self.cfg, tenant, &labels, entries, segment, now);
                 pushed.push((labels, range, copy));
             }
+            self.cfg.max_sealed_bytes > 0 && heads.sealed_total >= self.cfg.max_sealed_bytes
+        };
+        if pressed {
+            self.pressure.notify_one();
         }
         drop(_gate);
         for (labels, range, copy) in pushed {
@@ -649,25 +711,43 @@ impl Ingester {
 
     /// Spawns the flush loop (every flush_check_period: close chunks by size/age/idle,
     /// write closed chunks of a tenant/day as one segment via `storage.write_segment`, add
-    /// to the index, clear heads, checkpoint the WAL). The loop ends when the ingester is
-    /// dropped.
+    /// to the index, clear heads, checkpoint the WAL; and at once whenever a push leaves
+    /// `max_sealed_bytes` sealed in memory: flush every sealed block). The loop ends when
+    /// the ingester is dropped.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Ingester> = Arc::downgrade(self);
         let period = self.cfg.flush_check_period;
+        let pressure = self.pressure.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
-                tick.tick().await;
+                let pressed = tokio::select! {
+                    _ = tick.tick() => false,
+                    () = pressure.notified() => true,
+                };
                 let Some(ingester) = weak.upgrade() else {
                     return;
                 };
-                if let Err(e) = ingester.flush_due().await {
+                let flushed = if pressed {
+                    ingester.flush_sealed().await
+                } else {
+                    ingester.flush_due().await
+                };
+                if let Err(e) = flushed {
                     tracing::error!(error = %e, "flush failed; retrying next period");
                 }
             }
         })
+    }
+
+    /// Flushes every sealed block, leaving only open head blocks in memory (what the flush
+    /// loop does under memory pressure).
+    pub async fn flush_sealed(&self) -> Result<(), Error> {
+        let _one = self.flushing.lock().await;
+        self.heads.lock().close_sealed();
+        self.flush_closed().await
     }
 
     /// Closes chunks due by age or idleness and flushes every closed chunk.
@@ -892,11 +972,34 @@ impl Heads {
                         continue;
                     }
                     let mut c = std::mem::replace(&mut day.open, Chunk::new(0, 0));
-                    if let Err(err) = c.cut() {
-                        tracing::error!(%labels, error = %err, "cannot seal head block for flush");
+                    match c.cut() {
+                        Ok(added) => self.sealed_total += added,
+                        Err(err) => {
+                            tracing::error!(%labels, error = %err, "cannot seal head block for flush")
+                        }
                     }
                     day.closed.push(c);
                 }
+            }
+        }
+    }
+
+    /// Moves the sealed blocks of every open chunk into closed chunks, leaving head
+    /// blocks open, so the next flush writes everything sealed (memory pressure).
+    fn close_sealed(&mut self) {
+        let Heads {
+            tenants,
+            next_chunk_id,
+            ..
+        } = self;
+        for day in tenants
+            .values_mut()
+            .flat_map(|t| t.values_mut())
+            .flat_map(|s| s.days.values_mut())
+        {
+            if let Some(c) = day.open.split_sealed(*next_chunk_id + 1) {
+                *next_chunk_id += 1;
+                day.closed.push(c);
             }
         }
     }
@@ -951,6 +1054,7 @@ impl Heads {
             };
             if let Some(pos) = d.closed.iter().position(|c| c.id == *id) {
                 let c = d.closed.remove(pos);
+                self.sealed_total = self.sealed_total.saturating_sub(c.sealed_bytes);
                 for h in &c.hashes {
                     d.seen.remove(h);
                 }
@@ -970,7 +1074,7 @@ impl Heads {
             .flat_map(|t| t.values())
             .flat_map(|s| s.days.values())
             .flat_map(|d| d.closed.iter().chain(std::iter::once(&d.open)))
-            .filter_map(|c| c.min_wal)
+            .filter_map(Chunk::oldest_wal)
             .min()
     }
 }

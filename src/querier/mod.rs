@@ -363,6 +363,13 @@ impl LogSource for TenantSource {
         }
         let index = self.storage.index();
         let filter = BlockFilter::new(required_substrings(req.line_filters));
+        // Entries before `start` (retention) must count nowhere: the first span starts
+        // there instead (a part of a span holds entries of the same windows).
+        let edges: Option<Arc<[i64]>> = req.count_edges.filter(|e| e.len() >= 2).map(|e| {
+            std::iter::once(start - 1)
+                .chain(e.iter().copied().filter(|&x| x > start - 1))
+                .collect()
+        });
         let mut out = Vec::new();
         for stream in index.streams(&self.tenant, req.matchers, start, req.end_ns) {
             let mut pieces = Vec::new();
@@ -379,13 +386,10 @@ impl LogSource for TenantSource {
                 .heads
                 .head_entries(&self.tenant, &stream.labels, start, req.end_ns);
             let head = (!head.is_empty()).then(|| Piece::Head(Arc::new(head)));
-            let counts = match req.count_window {
-                Some(_) => take_counted(
-                    &mut pieces,
-                    head.as_ref().map(Piece::range),
-                    start,
-                    req.end_ns,
-                ),
+            let counts = match &edges {
+                Some(edges) => {
+                    self.count_unread(&mut pieces, head.as_ref().map(Piece::range), edges)?
+                }
                 None => Vec::new(),
             };
             pieces.extend(head);
@@ -414,39 +418,99 @@ impl LogSource for TenantSource {
     }
 }
 
-/// Removes from `pieces` the blocks that can be counted unread, and returns their counts:
-/// stored blocks with a summary, lying wholly inside `[start, end)`, sharing no time with
-/// the stream's head (`head`: its time range). An entry can be in a head and a segment at
-/// once (flushed, head not yet cleared) and only reading de-duplicates it; stored blocks
-/// do not repeat each other's entries (the ingester drops duplicates of unflushed entries
-/// and WAL replay skips flushed ones), so blocks overlapping each other are still
-/// counted. An entry pushed again after its first copy was flushed is stored twice and
-/// counted twice here, as index/stats counts it.
-fn take_counted(
-    pieces: &mut Vec<Piece>,
-    head: Option<(i64, i64)>,
-    start: i64,
-    end: i64,
-) -> Vec<BlockCount> {
-    let mut counts = Vec::new();
+/// Stored blocks counted at once from their footer summaries, and those to count from
+/// their columns (see [`TenantSource::count_unread`]).
+#[derive(Default)]
+struct Countable {
+    counts: Vec<BlockCount>,
+    from_columns: Vec<(Arc<SegmentMeta>, BlockInfo)>,
+}
+
+/// Removes from `pieces` the stored blocks that can be counted unread: those sharing no
+/// time with the stream's head (`head`: its time range). An entry can be in a head and a
+/// segment at once (flushed, head not yet cleared) and only reading de-duplicates it;
+/// stored blocks do not repeat each other's entries (the ingester drops duplicates of
+/// unflushed entries and WAL replay skips flushed ones), so blocks overlapping each other
+/// are still counted. An entry pushed again after its first copy was flushed is stored
+/// twice and counted twice here, as index/stats counts it. A block lying wholly inside
+/// one span between `edges` is counted from its summary; the others from their columns.
+fn take_countable(pieces: &mut Vec<Piece>, head: Option<(i64, i64)>, edges: &[i64]) -> Countable {
+    let mut out = Countable::default();
+    // The span (edges[i-1], edges[i]] holding ts, as i; 0 or len past either end.
+    let span_of = |ts: i64| edges.partition_point(|&e| e < ts);
     pieces.retain(|piece| {
-        let Piece::Block(_, block, Some(summary)) = piece else {
+        let Piece::Block(seg, block, summary) = piece else {
             return true;
         };
         let (min, max) = (block.meta.min_ts, block.meta.max_ts);
-        let clear_of_head = head.is_none_or(|(hmin, hmax)| hmax < min || hmin > max);
-        if !(start <= min && max < end && clear_of_head) {
+        if head.is_some_and(|(hmin, hmax)| hmax >= min && hmin <= max) {
             return true;
         }
-        counts.extend(summary.groups.iter().map(|g| BlockCount {
-            timestamp_ns: max,
-            metadata: g.metadata.clone(),
-            lines: u64::from(g.count),
-            bytes: g.bytes,
-        }));
+        let span = span_of(min);
+        match summary {
+            Some(summary) if span > 0 && span < edges.len() && span_of(max) == span => {
+                out.counts.extend(summary.groups.iter().map(|g| BlockCount {
+                    timestamp_ns: max,
+                    metadata: g.metadata.clone(),
+                    lines: u64::from(g.count),
+                    bytes: g.bytes,
+                }));
+            }
+            _ => out.from_columns.push((seg.clone(), *block)),
+        }
         false
     });
-    counts
+    out
+}
+
+/// Column reads of one stream's blocks run this many at a time.
+const COUNT_READS_IN_FLIGHT: usize = 4;
+
+impl TenantSource {
+    /// Takes out of `pieces` what can be counted without reading lines (see
+    /// [`take_countable`]) and counts it: from footer summaries, or by decompressing
+    /// only the blocks' columns. Blocks written before columns (v1) go back to `pieces`.
+    fn count_unread(
+        &self,
+        pieces: &mut Vec<Piece>,
+        head: Option<(i64, i64)>,
+        edges: &Arc<[i64]>,
+    ) -> Result<Vec<BlockCount>, SourceError> {
+        use futures::StreamExt;
+        let Countable {
+            mut counts,
+            from_columns,
+        } = take_countable(pieces, head, edges);
+        let reads = from_columns.into_iter().map(|(seg, block)| {
+            let (storage, edges) = (self.storage.clone(), edges.clone());
+            async move {
+                let counted = storage.count_block(&seg, &block, edges).await;
+                (seg, block, counted)
+            }
+        });
+        let done: Vec<_> = self.runtime.block_on(
+            futures::stream::iter(reads)
+                .buffer_unordered(COUNT_READS_IN_FLIGHT)
+                .collect(),
+        );
+        for (seg, block, counted) in done {
+            match counted {
+                Ok(Some(c)) => counts.extend(c),
+                Ok(None) => pieces.push(Piece::Block(seg, block, None)),
+                Err(e) => {
+                    return Err(SourceError {
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(SourceError {
+                message: "the query was cancelled".to_string(),
+            });
+        }
+        Ok(counts)
+    }
 }
 
 /// The remaining entries `[lo, hi)` of one opened piece.

@@ -22,7 +22,7 @@ use lode_push::Entry;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use parking_lot::{Mutex, RwLock};
-use query_lang::eval::Needle;
+use query_lang::eval::{BlockCount, Needle};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk;
@@ -549,7 +549,7 @@ impl Storage {
         let filter = filter.clone();
         let decoded = tokio::task::spawn_blocking(move || {
             chunk::with_decompressed(&bytes, |meta, raw| {
-                if !filter.may_match(raw) {
+                if !filter.may_match(raw.text()) {
                     return Ok(None);
                 }
                 chunk::parse_payload(meta, raw).map(|entries| Some((*meta, entries)))
@@ -587,10 +587,81 @@ impl Storage {
         Ok(Some(entries))
     }
 
+    /// Lines and line bytes of a block per span between consecutive `edges` and per
+    /// structured-metadata set (see `query_lang::eval::SelectRequest::count_edges`),
+    /// from the block's columns alone: its lines are never decompressed. `None` for a
+    /// v1 block, which must be read whole.
+    pub async fn count_block(
+        &self,
+        meta: &SegmentMeta,
+        block: &BlockInfo,
+        edges: Arc<[i64]>,
+    ) -> Result<Option<Vec<BlockCount>>, Error> {
+        let bytes = self
+            .read_range(meta, block.offset..block.offset + u64::from(block.len))
+            .await?;
+        tokio::task::spawn_blocking(move || count_columns(&bytes, &edges))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(Error::from)
+    }
+
     /// Bytes currently held by the decoded-block cache.
     pub fn cached_bytes(&self) -> usize {
         self.cache.lock().bytes
     }
+}
+
+/// Counts a block's entries per span `(edges[i-1], edges[i]]` and metadata set from its
+/// columns; entries outside `(first edge, last edge]` count nowhere.
+fn count_columns(bytes: &[u8], edges: &[i64]) -> Result<Option<Vec<BlockCount>>, chunk::Error> {
+    let (Some(&first), Some(&last)) = (edges.first(), edges.last()) else {
+        return Ok(Some(Vec::new()));
+    };
+    let mut out: Vec<BlockCount> = Vec::new();
+    // Counts of the current span are out[span_from..]; entries come in time order.
+    let mut span = 0usize;
+    let mut span_from = 0usize;
+    let mut current: Option<usize> = None;
+    let columnar = chunk::for_each_column_entry(bytes, |ts, len, metadata| {
+        if ts <= first || ts > last {
+            return;
+        }
+        while edges.get(span).is_some_and(|&e| e < ts) {
+            span += 1;
+        }
+        let upper = edges.get(span).copied().unwrap_or(last);
+        if current != Some(span) {
+            current = Some(span);
+            span_from = out.len();
+        }
+        let same = |c: &&mut BlockCount| {
+            c.metadata.len() == metadata.len()
+                && c.metadata
+                    .iter()
+                    .zip(metadata)
+                    .all(|((n, v), (m, w))| n == m && v == w)
+        };
+        match out
+            .get_mut(span_from..)
+            .and_then(|g| g.iter_mut().rev().find(same))
+        {
+            Some(c) => {
+                c.lines += 1;
+                c.bytes += len as u64;
+            }
+            None => out.push(BlockCount {
+                timestamp_ns: upper,
+                metadata: metadata
+                    .iter()
+                    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                    .collect(),
+                lines: 1,
+                bytes: len as u64,
+            }),
+        }
+    })?;
+    Ok(columnar.then_some(out))
 }
 
 /// Non-zero helper for configs that size things in items rather than bytes.
@@ -680,5 +751,42 @@ mod tests {
         assert!(!BlockFilter::new(vec![vec![needle("ERROR")]]).may_match(b"500 Error"));
         // An empty needle matches everything.
         assert!(BlockFilter::new(vec![vec![needle("")]]).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+    use crate::chunk::SealedBlock;
+
+    #[test]
+    fn columns_count_lines_and_bytes_per_span_and_metadata_set() {
+        let entries: Vec<Entry> = (1..=10)
+            .map(|ts| Entry {
+                timestamp_ns: ts,
+                line: "x".repeat(ts as usize),
+                structured_metadata: if ts % 2 == 0 {
+                    vec![("level".to_string(), "warn".to_string())]
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        let block = SealedBlock::seal(entries, 1).unwrap();
+        let counts = count_columns(&block.bytes, &[2, 5, 8]).unwrap().unwrap();
+        let got: Vec<(i64, usize, u64, u64)> = counts
+            .iter()
+            .map(|c| (c.timestamp_ns, c.metadata.len(), c.lines, c.bytes))
+            .collect();
+        // (2, 5] holds 3, 4, 5; (5, 8] holds 6, 7, 8; 1, 2, 9 and 10 count nowhere.
+        assert_eq!(
+            got,
+            [
+                (5, 0, 2, 3 + 5),
+                (5, 1, 1, 4),
+                (8, 1, 2, 6 + 8),
+                (8, 0, 1, 7)
+            ]
+        );
     }
 }

@@ -142,7 +142,7 @@ pub(crate) fn eval_log(
     let pipeline = Pipeline::new(&sel.pipeline)?;
     let hint = leading_line_filters(&sel.pipeline);
     let req = SelectRequest {
-        count_window: None,
+        count_edges: None,
         matchers: &sel.matchers,
         start_ns: params.start_ns,
         end_ns: params.end_ns,

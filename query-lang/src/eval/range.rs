@@ -194,25 +194,26 @@ pub(crate) fn eval_range_agg(
     let from = grid.first_ns() - lr.offset - lr.range;
     let to = grid.last_ns() - lr.offset;
     let hints = leading_line_filters(&lr.selector.pipeline);
+    // Counts and byte sums without a pipeline only need to know which windows each
+    // line falls in: stores may count lines per span between window edges unread.
+    let countable = pipeline.is_empty()
+        && lr.unwrap.is_none()
+        && matches!(
+            agg.op,
+            RangeOp::CountOverTime | RangeOp::Rate | RangeOp::BytesOverTime | RangeOp::BytesRate
+        );
+    let edges = if countable {
+        window_edges(grid, lr.range, lr.offset)
+    } else {
+        Vec::new()
+    };
     let req = SelectRequest {
         matchers: &lr.selector.matchers,
         start_ns: from.saturating_add(1),
         end_ns: to.saturating_add(1),
         direction: Direction::Forward,
         line_filters: &hints,
-        // Counts and byte sums without a pipeline over a single window can take whole
-        // blocks as per-metadata totals.
-        count_window: (grid.len() == 1
-            && pipeline.is_empty()
-            && lr.unwrap.is_none()
-            && matches!(
-                agg.op,
-                RangeOp::CountOverTime
-                    | RangeOp::Rate
-                    | RangeOp::BytesOverTime
-                    | RangeOp::BytesRate
-            ))
-        .then_some((from, to)),
+        count_edges: countable.then_some(edges.as_slice()),
     };
     let streams = ctx.source.select(&req)?;
     let absent = agg.op == RangeOp::AbsentOverTime;
@@ -423,6 +424,20 @@ fn collect_stream(
         }
     }
     Ok(())
+}
+
+/// The edges of every window `(t - offset - range, t - offset]` of `grid`, ascending
+/// and distinct: each window is a union of spans between consecutive edges.
+fn window_edges(grid: &StepGrid, range: i64, offset: i64) -> Vec<i64> {
+    let mut edges: Vec<i64> = (0..grid.len())
+        .flat_map(|i| {
+            let end = grid.timestamp_ns(i) - offset;
+            [end - range, end]
+        })
+        .collect();
+    edges.sort_unstable();
+    edges.dedup();
+    edges
 }
 
 fn push_sample(series: &mut [SeriesSamples], slot: usize, ts: i64, value: f64) {

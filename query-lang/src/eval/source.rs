@@ -38,19 +38,21 @@ pub struct SelectRequest<'a> {
     pub direction: Direction,
     /// The query's leading line filters, for block skipping; may be ignored.
     pub line_filters: &'a [LineFilter],
-    /// `Some((after, upto))`: the engine only counts lines and line bytes per structured
-    /// metadata set, in the one window `(after, upto]`. A store may then hand a block
-    /// lying wholly inside it as a [`BlockCount`] per metadata set instead of its
-    /// entries, when no other piece of the stream can hold copies of the block's entries
-    /// (those are de-duplicated only when read).
-    pub count_window: Option<(i64, i64)>,
+    /// `Some(edges)` (ascending, at least two): the engine only counts lines and line
+    /// bytes per structured-metadata set, and of an entry's timestamp it only needs to
+    /// know which span `(edges[i], edges[i + 1]]` holds it (every window of the query is
+    /// a union of such spans; entries outside `(first, last]` count nowhere). A store may
+    /// then hand any of a stream's entries as [`BlockCount`]s per span and metadata set
+    /// instead of the entries themselves, when no other piece of the stream can hold
+    /// copies of them (copies are de-duplicated only when read).
+    pub count_edges: Option<&'a [i64]>,
 }
 
-/// Lines and line bytes of one block carrying one structured-metadata set, given
-/// instead of the entries (see [`SelectRequest::count_window`]).
+/// Lines and line bytes of entries carrying one structured-metadata set in one span of
+/// [`SelectRequest::count_edges`], given instead of the entries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockCount {
-    /// A timestamp inside the block (its newest entry's).
+    /// A timestamp inside the span (every counted entry lies in the same windows).
     pub timestamp_ns: i64,
     pub metadata: Vec<(String, String)>,
     pub lines: u64,
@@ -142,7 +144,7 @@ pub type BatchIter = Box<dyn Iterator<Item = Result<EntryBatch, SourceError>> + 
 pub struct StreamData {
     pub labels: LabelSet,
     pub batches: BatchIter,
-    /// Blocks counted instead of read (only when the request had a `count_window`).
+    /// Entries counted instead of read (only when the request had `count_edges`).
     pub counts: Vec<BlockCount>,
 }
 
@@ -312,7 +314,7 @@ mod tests {
         );
         let m = [Matcher::new("app", MatchOp::Eq, "a").unwrap()];
         let req = SelectRequest {
-            count_window: None,
+            count_edges: None,
             matchers: &m,
             start_ns: 1,
             end_ns: 3,
