@@ -391,13 +391,7 @@ pub fn with_decompressed<R>(
     f: impl FnOnce(&BlockMeta, Payload<'_>) -> R,
 ) -> Result<R, Error> {
     let h = read_block_header(bytes)?;
-    SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        let (dctx, first, second) = &mut *scratch;
-        let dctx = match dctx {
-            Some(d) => d,
-            None => dctx.insert(zstd::bulk::Decompressor::new()?),
-        };
+    with_scratch(|dctx, first, second| {
         let out = if h.version == BLOCK_VERSION_ROWS {
             decompress_exact(dctx, h.payload, first, h.uncompressed, "payload")?;
             f(&h.meta, Payload::Rows(first))
@@ -446,35 +440,57 @@ pub fn for_each_column_entry(
         return Ok(false);
     }
     let (columns_z, columns_len, _) = split_columns(&h)?;
+    with_scratch(|dctx, first, _| {
+        decompress_exact(dctx, columns_z, first, columns_len, "columns")?;
+        let (timestamps, lengths, mut rest) = read_ts_and_lengths(&h.meta, first)?;
+        let mut metadata: Vec<(&str, &str)> = Vec::new();
+        for (ts, len) in timestamps.into_iter().zip(lengths) {
+            read_metadata(&mut rest, &mut metadata)?;
+            f(ts, len, &metadata);
+        }
+        if !rest.is_empty() {
+            return Err(columns_error("trailing bytes"));
+        }
+        Ok(true)
+    })
+}
+
+/// Runs `f` with this thread's decompression context and two reusable buffers.
+fn with_scratch<R>(
+    f: impl FnOnce(
+        &mut zstd::bulk::Decompressor<'static>,
+        &mut Vec<u8>,
+        &mut Vec<u8>,
+    ) -> Result<R, Error>,
+) -> Result<R, Error> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let (dctx, first, _) = &mut *scratch;
+        let (dctx, first, second) = &mut *scratch;
         let dctx = match dctx {
             Some(d) => d,
             None => dctx.insert(zstd::bulk::Decompressor::new()?),
         };
-        decompress_exact(dctx, columns_z, first, columns_len, "columns")?;
-        let bad = |what: &str| Error::Mismatch(format!("block columns: {what}"));
-        let (timestamps, lengths, mut rest) = read_ts_and_lengths(&h.meta, first)?;
-        let mut metadata: Vec<(&str, &str)> = Vec::new();
-        for (ts, len) in timestamps.into_iter().zip(lengths) {
-            let n = decode_varint(&mut rest).map_err(|_| bad("bad metadata count"))? as usize;
-            if n > rest.len() / 2 {
-                return Err(bad("metadata count larger than the columns"));
-            }
-            metadata.clear();
-            for _ in 0..n {
-                let name = take_str(&mut rest).ok_or_else(|| bad("bad metadata name"))?;
-                let value = take_str(&mut rest).ok_or_else(|| bad("bad metadata value"))?;
-                metadata.push((name, value));
-            }
-            f(ts, len, &metadata);
-        }
-        if !rest.is_empty() {
-            return Err(bad("trailing bytes"));
-        }
-        Ok(true)
+        f(dctx, first, second)
     })
+}
+
+fn columns_error(what: &str) -> Error {
+    Error::Mismatch(format!("block columns: {what}"))
+}
+
+/// Reads one entry's structured metadata off the front of `rest` into `out` (cleared).
+fn read_metadata<'a>(rest: &mut &'a [u8], out: &mut Vec<(&'a str, &'a str)>) -> Result<(), Error> {
+    let n = decode_varint(rest).map_err(|_| columns_error("bad metadata count"))? as usize;
+    if n > rest.len() / 2 {
+        return Err(columns_error("metadata count larger than the columns"));
+    }
+    out.clear();
+    for _ in 0..n {
+        let name = take_str(rest).ok_or_else(|| columns_error("bad metadata name"))?;
+        let value = take_str(rest).ok_or_else(|| columns_error("bad metadata value"))?;
+        out.push((name, value));
+    }
+    Ok(())
 }
 
 /// A v2 payload's compressed columns, their uncompressed length and compressed lines,
@@ -534,7 +550,7 @@ fn read_ts_and_lengths<'a>(
     meta: &BlockMeta,
     mut columns: &'a [u8],
 ) -> Result<TsAndLengths<'a>, Error> {
-    let bad = |what: &str| Error::Mismatch(format!("block columns: {what}"));
+    let bad = columns_error;
     let count = meta.count as usize;
     // Every entry takes at least three bytes of columns (ts, length, metadata count).
     if count > columns.len() / 3 {
@@ -564,7 +580,7 @@ fn read_ts_and_lengths<'a>(
 }
 
 fn parse_columns(meta: &BlockMeta, columns: &[u8], lines: &[u8]) -> Result<Vec<Entry>, Error> {
-    let bad = |what: &str| Error::Mismatch(format!("block columns: {what}"));
+    let bad = columns_error;
     let (timestamps, lengths, mut columns) = read_ts_and_lengths(meta, columns)?;
     let text = std::str::from_utf8(lines).map_err(|_| {
         Error::Wire(WireError::Utf8 {
@@ -572,26 +588,21 @@ fn parse_columns(meta: &BlockMeta, columns: &[u8], lines: &[u8]) -> Result<Vec<E
         })
     })?;
     let mut entries = Vec::with_capacity(timestamps.len());
+    let mut metadata: Vec<(&str, &str)> = Vec::new();
     let mut at = 0usize;
     for (timestamp_ns, len) in timestamps.into_iter().zip(lengths) {
         let line = text
             .get(at..at + len)
             .ok_or_else(|| bad("a line length splits a character or overruns the lines"))?;
         at += len;
-        let n = decode_varint(&mut columns).map_err(|_| bad("bad metadata count"))? as usize;
-        if n > columns.len() / 2 {
-            return Err(bad("metadata count larger than the columns"));
-        }
-        let mut structured_metadata = Vec::with_capacity(n);
-        for _ in 0..n {
-            let name = take_str(&mut columns).ok_or_else(|| bad("bad metadata name"))?;
-            let value = take_str(&mut columns).ok_or_else(|| bad("bad metadata value"))?;
-            structured_metadata.push((name.to_owned(), value.to_owned()));
-        }
+        read_metadata(&mut columns, &mut metadata)?;
         entries.push(Entry {
             timestamp_ns,
             line: line.to_owned(),
-            structured_metadata,
+            structured_metadata: metadata
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
         });
     }
     if !columns.is_empty() {
