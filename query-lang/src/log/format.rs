@@ -22,6 +22,9 @@ impl TemplateData for BuilderData<'_, '_> {
     fn label(&self, name: &str) -> Option<&str> {
         self.lb.get(name)
     }
+    fn labels(&self) -> Vec<(String, String)> {
+        self.lb.labels()
+    }
     fn line(&self) -> &str {
         self.line
     }
@@ -42,6 +45,9 @@ impl TemplateData for SnapshotData<'_> {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+    fn labels(&self) -> Vec<(String, String)> {
+        self.labels.to_vec()
     }
     fn line(&self) -> &str {
         self.line
