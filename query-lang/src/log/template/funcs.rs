@@ -212,7 +212,10 @@ pub(super) fn parse_go_int(text: &str) -> Option<i64> {
     } else {
         (10, lower.as_str(), false)
     };
-    if digits.is_empty() || digits.starts_with('_') || digits.ends_with('_') || digits.contains("__")
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
     {
         return None;
     }
@@ -231,7 +234,11 @@ pub(super) fn cast_i64(v: &Val) -> i64 {
     match v {
         Val::Str(s) => {
             let trimmed = match s.split_once('.') {
-                Some((int, frac)) if !int.is_empty() && !frac.is_empty() && frac.bytes().all(|b| b == b'0') => int,
+                Some((int, frac))
+                    if !int.is_empty() && !frac.is_empty() && frac.bytes().all(|b| b == b'0') =>
+                {
+                    int
+                }
                 _ => s.as_str(),
             };
             parse_go_int(trimmed).unwrap_or(0)
@@ -514,10 +521,15 @@ fn slice(args: &[Val]) -> R {
         bounds[n] = i;
     }
     if bounds[0] > bounds[1] {
-        return Err(format!("invalid slice index: {} > {}", bounds[0], bounds[1]));
+        return Err(format!(
+            "invalid slice index: {} > {}",
+            bounds[0], bounds[1]
+        ));
     }
     Ok(match item {
-        Val::Str(s) => Val::Str(String::from_utf8_lossy(&s.as_bytes()[bounds[0]..bounds[1]]).into_owned()),
+        Val::Str(s) => {
+            Val::Str(String::from_utf8_lossy(&s.as_bytes()[bounds[0]..bounds[1]]).into_owned())
+        }
         Val::List(l) => Val::List(Arc::new(l[bounds[0]..bounds[1]].to_vec())),
         _ => Val::Nil,
     })
@@ -685,12 +697,14 @@ pub(super) fn call(f: Func, args: Vec<Val>, data: &dyn TemplateData) -> R {
             arity(f, &args, 2)?;
             let cut: Vec<char> = s(1)?.chars().collect();
             let src = s(0)?;
-            Val::Str(match f {
-                TrimGo => src.trim_matches(cut.as_slice()),
-                TrimLeft => src.trim_start_matches(cut.as_slice()),
-                _ => src.trim_end_matches(cut.as_slice()),
-            }
-            .to_owned())
+            Val::Str(
+                match f {
+                    TrimGo => src.trim_matches(cut.as_slice()),
+                    TrimLeft => src.trim_start_matches(cut.as_slice()),
+                    _ => src.trim_end_matches(cut.as_slice()),
+                }
+                .to_owned(),
+            )
         }
         TrimPrefixGo | TrimSuffixGo => {
             arity(f, &args, 2)?;
@@ -866,7 +880,10 @@ pub(super) fn call(f: Func, args: Vec<Val>, data: &dyn TemplateData) -> R {
             let n = usize::try_from(int(&args[0])?)
                 .map_err(|_| "strings: negative Repeat count".to_owned())?;
             let src = s(1)?;
-            checked_len(src.len().saturating_add(n.saturating_mul(src.matches('\n').count() + 1)))?;
+            checked_len(
+                src.len()
+                    .saturating_add(n.saturating_mul(src.matches('\n').count() + 1)),
+            )?;
             let pad = " ".repeat(n);
             let body = format!("{pad}{}", src.replace('\n', &format!("\n{pad}")));
             Val::Str(if f == Nindent {
@@ -891,7 +908,10 @@ pub(super) fn call(f: Func, args: Vec<Val>, data: &dyn TemplateData) -> R {
             arity(f, &args, 1)?;
             Val::Float(cast_f64(&args[0]))
         }
-        Add => Val::Int(args.iter().fold(0i64, |acc, a| acc.wrapping_add(cast_i64(a)))),
+        Add => Val::Int(
+            args.iter()
+                .fold(0i64, |acc, a| acc.wrapping_add(cast_i64(a))),
+        ),
         Mul => {
             at_least(f, &args, 1)?;
             Val::Int(
@@ -930,11 +950,9 @@ pub(super) fn call(f: Func, args: Vec<Val>, data: &dyn TemplateData) -> R {
         Subf | Mulf => {
             at_least(f, &args, 1)?;
             let op = if f == Subf { '-' } else { '*' };
-            Val::Float(
-                args[1..]
-                    .iter()
-                    .fold(cast_f64(&args[0]), |acc, a| decimal_op(acc, cast_f64(a), op)),
-            )
+            Val::Float(args[1..].iter().fold(cast_f64(&args[0]), |acc, a| {
+                decimal_op(acc, cast_f64(a), op)
+            }))
         }
         Divf => {
             at_least(f, &args, 1)?;

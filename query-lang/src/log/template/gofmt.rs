@@ -214,8 +214,16 @@ fn format_one(verb: char, spec: &Spec, arg: &Val) -> Option<String> {
         }
         ('q', Val::Str(x)) => pad(spec, quote(x), false),
         ('d', Val::Int(i)) => pad(spec, sign(spec, *i < 0, i.unsigned_abs().to_string()), true),
-        ('b', Val::Int(i)) => pad(spec, sign(spec, *i < 0, format!("{:b}", i.unsigned_abs())), true),
-        ('o', Val::Int(i)) => pad(spec, sign(spec, *i < 0, format!("{:o}", i.unsigned_abs())), true),
+        ('b', Val::Int(i)) => pad(
+            spec,
+            sign(spec, *i < 0, format!("{:b}", i.unsigned_abs())),
+            true,
+        ),
+        ('o', Val::Int(i)) => pad(
+            spec,
+            sign(spec, *i < 0, format!("{:o}", i.unsigned_abs())),
+            true,
+        ),
         ('x' | 'X', Val::Int(i)) => {
             let h = if verb == 'x' {
                 format!("{:x}", i.unsigned_abs())
@@ -243,7 +251,11 @@ fn format_one(verb: char, spec: &Spec, arg: &Val) -> Option<String> {
         ('f' | 'F' | 'e' | 'E' | 'g' | 'G', Val::Float(v)) => {
             let v = *v;
             if let Some(s) = non_finite(v) {
-                return Some(pad(spec, sign_float(spec, v, s.trim_start_matches(['+', '-']).to_owned()), false));
+                return Some(pad(
+                    spec,
+                    sign_float(spec, v, s.trim_start_matches(['+', '-']).to_owned()),
+                    false,
+                ));
             }
             let a = v.abs();
             let body = match verb {
@@ -406,11 +418,23 @@ mod tests {
     fn printf_handles_ints_strings_and_argument_count_mistakes() {
         let s = |v: &str| Val::Str(v.to_owned());
         assert_eq!(
-            go_sprintf("%05d|%-4s|%x|%#x|%q", &[Val::Int(42), s("ab"), Val::Int(255), Val::Int(255), s("a\"b")]),
+            go_sprintf(
+                "%05d|%-4s|%x|%#x|%q",
+                &[
+                    Val::Int(42),
+                    s("ab"),
+                    Val::Int(255),
+                    Val::Int(255),
+                    s("a\"b")
+                ]
+            ),
             "00042|ab  |ff|0xff|\"a\\\"b\""
         );
         assert_eq!(go_sprintf("%d", &[]), "%!d(MISSING)");
-        assert_eq!(go_sprintf("%d", &[Val::Int(1), s("x")]), "1%!(EXTRA string=x)");
+        assert_eq!(
+            go_sprintf("%d", &[Val::Int(1), s("x")]),
+            "1%!(EXTRA string=x)"
+        );
         assert_eq!(go_sprintf("%s", &[Val::Int(3)]), "%!s(int=3)");
         assert_eq!(go_sprintf("100%%", &[]), "100%");
     }

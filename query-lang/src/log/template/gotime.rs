@@ -237,7 +237,9 @@ fn next_chunk(layout: &str) -> (&str, Option<Std>, &str) {
             b'1' => (Std::NumMonth, 1),
             b'2' if at(i, "2006") => (Std::LongYear, 4),
             b'2' => (Std::Day, 1),
-            b'_' if at(i, "_2006") => return (&layout[..=i], Some(Std::LongYear), &layout[i + 5..]),
+            b'_' if at(i, "_2006") => {
+                return (&layout[..=i], Some(Std::LongYear), &layout[i + 5..])
+            }
             b'_' if at(i, "__2") => (Std::UnderYearDay, 3),
             b'_' if at(i, "_2") => (Std::UnderDay, 2),
             b'3' => (Std::Hour12, 1),
@@ -404,7 +406,11 @@ pub(crate) fn parse_in(layout: &str, value: &str, zone: Zone) -> Result<GoTime, 
         match std {
             Std::Year => {
                 let (n, r) = digits(v, 2, 2).ok_or_else(err)?;
-                year = if n >= 69 { 1900 + n as i32 } else { 2000 + n as i32 };
+                year = if n >= 69 {
+                    1900 + n as i32
+                } else {
+                    2000 + n as i32
+                };
                 v = r;
             }
             Std::LongYear => {
@@ -547,10 +553,7 @@ pub(crate) fn parse_in(layout: &str, value: &str, zone: Zone) -> Result<GoTime, 
         }
     }
     if !v.is_empty() {
-        return Err(format!(
-            "parsing time {value:?}: extra text: {:?}",
-            v
-        ));
+        return Err(format!("parsing time {value:?}: extra text: {:?}", v));
     }
     if let Some(pm) = pm {
         if pm && hour < 12 {
@@ -732,7 +735,10 @@ mod tests {
             t.format("Monday, 02-Jan-06 03:04:05.000 PM MST Z07:00"),
             "Tuesday, 14-Nov-23 10:13:20.005 PM UTC Z"
         );
-        assert_eq!(t.format("2006/1/_2 15h4m5s .999 002"), "2023/11/14 22h13m20s .005 318");
+        assert_eq!(
+            t.format("2006/1/_2 15h4m5s .999 002"),
+            "2023/11/14 22h13m20s .005 318"
+        );
         let ny = GoTime::from_unix(T).in_zone(Zone::load("America/New_York").unwrap());
         assert_eq!(ny.format(time_rfc3339()), "2023-11-14T17:13:20-05:00");
         assert_eq!(ny.format("-0700 -07 Mon Jan pm"), "-0500 -05 Tue Nov pm");

@@ -104,7 +104,10 @@ impl Val {
             Val::Time(t) => t.go_string(),
             Val::Nil => "<nil>".to_owned(),
             Val::Map(m) => {
-                let items: Vec<String> = m.iter().map(|(k, v)| format!("{k}:{}", v.display())).collect();
+                let items: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{}", v.display()))
+                    .collect();
                 format!("map[{}]", items.join(" "))
             }
             Val::List(l) => {
@@ -235,7 +238,9 @@ fn number(text: &str) -> Result<Val, String> {
     if let Some(i) = funcs::parse_go_int(text) {
         return Ok(Val::Int(i));
     }
-    let looks_float = text.bytes().all(|c| c.is_ascii_digit() || b"+-.eE_".contains(&c));
+    let looks_float = text
+        .bytes()
+        .all(|c| c.is_ascii_digit() || b"+-.eE_".contains(&c));
     match text.replace('_', "").parse::<f64>() {
         Ok(f) if looks_float => Ok(Val::Float(f)),
         _ => Err(format!("bad number syntax: {text:?}")),
@@ -588,11 +593,7 @@ impl Parser {
     }
 
     /// `if`/`with` chains: branches until `end`, `else if`/`else with` adding a branch.
-    fn branches(
-        &mut self,
-        word: &str,
-        rest: &str,
-    ) -> Result<(Vec<Branch>, Vec<Node>), String> {
+    fn branches(&mut self, word: &str, rest: &str) -> Result<(Vec<Branch>, Vec<Node>), String> {
         let mark = self.vars.len();
         let mut branches = Vec::new();
         let mut cond = self.pipeline(rest, 1)?;
@@ -997,7 +998,8 @@ impl Exec<'_> {
                         Some(p) => self.pipeline(p, dot)?,
                         None => Val::Nil,
                     };
-                    let saved = std::mem::replace(&mut self.vars, vec![("$".to_owned(), d.clone())]);
+                    let saved =
+                        std::mem::replace(&mut self.vars, vec![("$".to_owned(), d.clone())]);
                     self.depth += 1;
                     let r = self.nodes(body, &d);
                     self.depth -= 1;
@@ -1077,13 +1079,22 @@ impl Exec<'_> {
         }
     }
 
-    fn call(&mut self, f: Func, args: &[Arg], piped: Option<Val>, dot: &Val) -> Result<Val, String> {
+    fn call(
+        &mut self,
+        f: Func,
+        args: &[Arg],
+        piped: Option<Val>,
+        dot: &Val,
+    ) -> Result<Val, String> {
         let err = |e: String| format!("error calling {}: {e}", f.name());
         if matches!(f, Func::And | Func::Or) {
             // Go evaluates `and`/`or` arguments lazily and stops at the deciding one.
             let total = args.len() + usize::from(piped.is_some());
             if total == 0 {
-                return Err(format!("wrong number of args for {}: want at least 1 got 0", f.name()));
+                return Err(format!(
+                    "wrong number of args for {}: want at least 1 got 0",
+                    f.name()
+                ));
             }
             let mut last = Val::Nil;
             for a in args {
@@ -1203,50 +1214,126 @@ mod tests {
     #[test]
     fn fields_render_and_missing_labels_render_empty() {
         golden(&[
-            ("{{.method}} {{.path}} took {{.nope}}!", &[("method", "GET"), ("path", "/a")], "GET /a took !"),
+            (
+                "{{.method}} {{.path}} took {{.nope}}!",
+                &[("method", "GET"), ("path", "/a")],
+                "GET /a took !",
+            ),
             ("{{ $.method }}", &[("method", "GET")], "GET"),
             ("{{ . }}", &[("b", "2"), ("a", "1")], "map[a:1 b:2]"),
             ("{{ len . }}", &[("b", "2"), ("a", "1")], "2"),
-            ("{{ index . \"a\" }}|{{ index . \"zz\" }}|", &[("a", "1")], "1||"),
+            (
+                "{{ index . \"a\" }}|{{ index . \"zz\" }}|",
+                &[("a", "1")],
+                "1||",
+            ),
         ]);
     }
 
     #[test]
     fn go_builtins_follow_text_template() {
         golden(&[
-            ("{{ if and .a .b }}both{{ else }}not{{ end }}", &[("a", "1")], "not"),
+            (
+                "{{ if and .a .b }}both{{ else }}not{{ end }}",
+                &[("a", "1")],
+                "not",
+            ),
             ("{{ or .a .b \"none\" }}", &[], "none"),
             ("{{ and .a .b }}", &[("a", "x"), ("b", "y")], "y"),
             ("{{ not .a }}", &[], "true"),
-            ("{{ eq .level \"warn\" \"error\" }}", &[("level", "error")], "true"),
-            ("{{ ne 1 2 }} {{ lt 1 2 }} {{ le 2 2 }} {{ gt \"b\" \"a\" }} {{ ge 1 3 }}", &[], "true true true true false"),
+            (
+                "{{ eq .level \"warn\" \"error\" }}",
+                &[("level", "error")],
+                "true",
+            ),
+            (
+                "{{ ne 1 2 }} {{ lt 1 2 }} {{ le 2 2 }} {{ gt \"b\" \"a\" }} {{ ge 1 3 }}",
+                &[],
+                "true true true true false",
+            ),
             ("{{ len .a }}", &[("a", "héllo")], "6"),
             ("{{ index .a 1 }}", &[("a", "abc")], "98"),
-            ("{{ slice .a 1 3 }}|{{ slice .a 2 }}", &[("a", "abcd")], "bc|cd"),
+            (
+                "{{ slice .a 1 3 }}|{{ slice .a 2 }}",
+                &[("a", "abcd")],
+                "bc|cd",
+            ),
             ("{{ print 1 2 \"a\" 3 }}", &[], "1 2a3"),
             ("{{ println .a }}", &[("a", "x")], "x\n"),
             ("{{ printf \"%s=%q\" \"k\" .a }}", &[("a", "v")], "k=\"v\""),
-            ("{{ html .a }}", &[("a", "<a href='x'>&\"</a>")], "&lt;a href=&#39;x&#39;&gt;&amp;&#34;&lt;/a&gt;"),
-            ("{{ js .a }}", &[("a", "it's <b>=\"x\"\\\n")], "it\\'s \\u003Cb\\u003E\\u003D\\\"x\\\"\\\\\\u000A"),
-            ("{{ urlquery .a }}", &[("a", "a b&c=d/é")], "a+b%26c%3Dd%2F%C3%A9"),
-            ("{{ 0x1F }} {{ 017 }} {{ 1_000 }} {{ 'a' }} {{ 2.50 }} {{ -3 }}", &[], "31 15 1000 97 2.5 -3"),
+            (
+                "{{ html .a }}",
+                &[("a", "<a href='x'>&\"</a>")],
+                "&lt;a href=&#39;x&#39;&gt;&amp;&#34;&lt;/a&gt;",
+            ),
+            (
+                "{{ js .a }}",
+                &[("a", "it's <b>=\"x\"\\\n")],
+                "it\\'s \\u003Cb\\u003E\\u003D\\\"x\\\"\\\\\\u000A",
+            ),
+            (
+                "{{ urlquery .a }}",
+                &[("a", "a b&c=d/é")],
+                "a+b%26c%3Dd%2F%C3%A9",
+            ),
+            (
+                "{{ 0x1F }} {{ 017 }} {{ 1_000 }} {{ 'a' }} {{ 2.50 }} {{ -3 }}",
+                &[],
+                "31 15 1000 97 2.5 -3",
+            ),
         ]);
     }
 
     #[test]
     fn variables_with_range_and_define_work_like_go() {
         golden(&[
-            ("{{ $x := .a }}{{ $x = print $x \"!\" }}{{ $x }}", &[("a", "hi")], "hi!"),
+            (
+                "{{ $x := .a }}{{ $x = print $x \"!\" }}{{ $x }}",
+                &[("a", "hi")],
+                "hi!",
+            ),
             ("{{ if $v := .a }}[{{ $v }}]{{ end }}", &[("a", "1")], "[1]"),
             ("{{ with .a }}<{{ . }}>{{ else }}none{{ end }}", &[], "none"),
-            ("{{ with .a }}<{{ . }}>{{ else with .b }}b={{ . }}{{ end }}", &[("b", "2")], "b=2"),
-            ("{{ range $k, $v := . }}{{ $k }}={{ $v }};{{ end }}", &[("z", "1"), ("a", "2")], "a=2;z=1;"),
-            ("{{ range $i := 4 }}{{ if eq $i 2 }}{{ continue }}{{ end }}{{ $i }}{{ end }}", &[], "013"),
-            ("{{ range 10 }}{{ if eq . 3 }}{{ break }}{{ end }}{{ . }}{{ end }}", &[], "012"),
-            ("{{ range (fromJson .j).xs }}[{{ . }}]{{ else }}empty{{ end }}", &[("j", "{\"xs\":[1,\"a\",true]}")], "[1][a][true]"),
-            ("{{ range (fromJson .j).xs }}x{{ else }}empty{{ end }}", &[("j", "{\"xs\":[]}")], "empty"),
-            ("{{ define \"kv\" }}{{ .k }}={{ .v }}{{ end }}{{ template \"kv\" . }}", &[("k", "a"), ("v", "b")], "a=b"),
-            ("{{ block \"b\" .a }}<{{ . }}>{{ end }}", &[("a", "x")], "<x>"),
+            (
+                "{{ with .a }}<{{ . }}>{{ else with .b }}b={{ . }}{{ end }}",
+                &[("b", "2")],
+                "b=2",
+            ),
+            (
+                "{{ range $k, $v := . }}{{ $k }}={{ $v }};{{ end }}",
+                &[("z", "1"), ("a", "2")],
+                "a=2;z=1;",
+            ),
+            (
+                "{{ range $i := 4 }}{{ if eq $i 2 }}{{ continue }}{{ end }}{{ $i }}{{ end }}",
+                &[],
+                "013",
+            ),
+            (
+                "{{ range 10 }}{{ if eq . 3 }}{{ break }}{{ end }}{{ . }}{{ end }}",
+                &[],
+                "012",
+            ),
+            (
+                "{{ range (fromJson .j).xs }}[{{ . }}]{{ else }}empty{{ end }}",
+                &[("j", "{\"xs\":[1,\"a\",true]}")],
+                "[1][a][true]",
+            ),
+            (
+                "{{ range (fromJson .j).xs }}x{{ else }}empty{{ end }}",
+                &[("j", "{\"xs\":[]}")],
+                "empty",
+            ),
+            (
+                "{{ define \"kv\" }}{{ .k }}={{ .v }}{{ end }}{{ template \"kv\" . }}",
+                &[("k", "a"), ("v", "b")],
+                "a=b",
+            ),
+            (
+                "{{ block \"b\" .a }}<{{ . }}>{{ end }}",
+                &[("a", "x")],
+                "<x>",
+            ),
             ("{{- /* a comment */ -}} x {{- \" y\" }}", &[], "x y"),
         ]);
     }
@@ -1305,15 +1392,43 @@ mod tests {
     #[test]
     fn json_and_dates_follow_sprig() {
         golden(&[
-            ("{{ (fromJson .j).a.b }}", &[("j", "{\"a\":{\"b\":\"deep\"}}")], "deep"),
-            ("{{ (fromJson .j).n }} {{ (fromJson .j).missing }}", &[("j", "{\"n\":1000000}")], "1e+06 <no value>"),
-            ("{{ fromJson .j }}", &[("j", "{\"b\":[1,2],\"a\":null}")], "map[a:<nil> b:[1 2]]"),
+            (
+                "{{ (fromJson .j).a.b }}",
+                &[("j", "{\"a\":{\"b\":\"deep\"}}")],
+                "deep",
+            ),
+            (
+                "{{ (fromJson .j).n }} {{ (fromJson .j).missing }}",
+                &[("j", "{\"n\":1000000}")],
+                "1e+06 <no value>",
+            ),
+            (
+                "{{ fromJson .j }}",
+                &[("j", "{\"b\":[1,2],\"a\":null}")],
+                "map[a:<nil> b:[1 2]]",
+            ),
             ("{{ fromJson .j }}", &[("j", "not json")], "<no value>"),
-            ("{{ index (fromJson .j) \"k\" }}", &[("j", "{\"k\":\"v\"}")], "v"),
-            ("{{ __timestamp__ | date \"2006-01-02T15:04:05.000Z07:00 Mon Jan\" }}", &[], "2026-01-01T00:00:00.500Z Thu Jan"),
+            (
+                "{{ index (fromJson .j) \"k\" }}",
+                &[("j", "{\"k\":\"v\"}")],
+                "v",
+            ),
+            (
+                "{{ __timestamp__ | date \"2006-01-02T15:04:05.000Z07:00 Mon Jan\" }}",
+                &[],
+                "2026-01-01T00:00:00.500Z Thu Jan",
+            ),
             ("{{ date \"15:04\" 1700000000 }}", &[], "22:13"),
-            ("{{ toDate \"02/01/2006 15h04\" .a | unixEpoch }}", &[("a", "14/11/2023 22h13")], "1699999980"),
-            ("{{ toDate \"2006-01-02\" .a }}", &[("a", "bad")], "0001-01-01 00:00:00 +0000 UTC"),
+            (
+                "{{ toDate \"02/01/2006 15h04\" .a | unixEpoch }}",
+                &[("a", "14/11/2023 22h13")],
+                "1699999980",
+            ),
+            (
+                "{{ toDate \"2006-01-02\" .a }}",
+                &[("a", "bad")],
+                "0001-01-01 00:00:00 +0000 UTC",
+            ),
         ]);
         let now: i64 = render("{{ now | unixEpoch }}", &[]).parse().unwrap();
         assert!(now > 1_700_000_000);
@@ -1322,8 +1437,16 @@ mod tests {
     #[test]
     fn printf_follows_go_including_bad_verb_output() {
         golden(&[
-            (r#"{{ printf "%05d" .latency_ms }}"#, &[("latency_ms", "1022")], "%!d(string=01022)"),
-            (r#"{{ printf "%05d|%-4s|%.2f" 42 "ab" 3.14159 }}"#, &[], "00042|ab  |3.14"),
+            (
+                r#"{{ printf "%05d" .latency_ms }}"#,
+                &[("latency_ms", "1022")],
+                "%!d(string=01022)",
+            ),
+            (
+                r#"{{ printf "%05d|%-4s|%.2f" 42 "ab" 3.14159 }}"#,
+                &[],
+                "00042|ab  |3.14",
+            ),
             (r#"{{ printf "%d" }}"#, &[], "%!d(MISSING)"),
             (r#"{{ printf "%v %v" (float64 "3") 3.0 }}"#, &[], "3 3"),
         ]);
@@ -1332,20 +1455,72 @@ mod tests {
     #[test]
     fn runtime_errors_are_reported_not_panicked() {
         for (t, labels, want) in [
-            ("{{ div 1 0 }}", &[][..], "error calling div: runtime error: integer divide by zero"),
-            ("{{ divf 1 0 }}", &[], "error calling divf: decimal division by zero"),
-            ("{{ regexReplaceAll \"(\" .a \"\" }}", &[("a", "x")], "error calling regexReplaceAll: error parsing regexp"),
-            ("{{ urldecode .a }}", &[("a", "%zz")], "error calling urldecode: invalid URL escape \"%zz\""),
-            ("{{ unixToTime .a }}", &[("a", "123")], "error calling unixToTime: unable to parse time '123': %!w(<nil>)"),
-            ("{{ unixToTime .a }}", &[("a", "12x45")], "error calling unixToTime: unable to parse time '12x45'"),
-            ("{{ gt .a 3 }}", &[("a", "5")], "incompatible types for comparison"),
-            ("{{ .a.b }}", &[("a", "x")], "can't evaluate field b in type string"),
+            (
+                "{{ div 1 0 }}",
+                &[][..],
+                "error calling div: runtime error: integer divide by zero",
+            ),
+            (
+                "{{ divf 1 0 }}",
+                &[],
+                "error calling divf: decimal division by zero",
+            ),
+            (
+                "{{ regexReplaceAll \"(\" .a \"\" }}",
+                &[("a", "x")],
+                "error calling regexReplaceAll: error parsing regexp",
+            ),
+            (
+                "{{ urldecode .a }}",
+                &[("a", "%zz")],
+                "error calling urldecode: invalid URL escape \"%zz\"",
+            ),
+            (
+                "{{ unixToTime .a }}",
+                &[("a", "123")],
+                "error calling unixToTime: unable to parse time '123': %!w(<nil>)",
+            ),
+            (
+                "{{ unixToTime .a }}",
+                &[("a", "12x45")],
+                "error calling unixToTime: unable to parse time '12x45'",
+            ),
+            (
+                "{{ gt .a 3 }}",
+                &[("a", "5")],
+                "incompatible types for comparison",
+            ),
+            (
+                "{{ .a.b }}",
+                &[("a", "x")],
+                "can't evaluate field b in type string",
+            ),
             ("{{ index .a 9 }}", &[("a", "x")], "index out of range: 9"),
-            ("{{ ToUpper 3 }}", &[], "wrong type for value; expected string; got int"),
-            ("{{ unixEpoch .a }}", &[("a", "1")], "expected time.Time; got string"),
-            ("{{ round 1.5 }}", &[], "wrong number of args for round: want at least 2 got 1"),
-            ("{{ range .a }}{{ end }}", &[("a", "x")], "range can't iterate over x"),
-            ("{{ call .a }}", &[("a", "x")], "non-function of type string"),
+            (
+                "{{ ToUpper 3 }}",
+                &[],
+                "wrong type for value; expected string; got int",
+            ),
+            (
+                "{{ unixEpoch .a }}",
+                &[("a", "1")],
+                "expected time.Time; got string",
+            ),
+            (
+                "{{ round 1.5 }}",
+                &[],
+                "wrong number of args for round: want at least 2 got 1",
+            ),
+            (
+                "{{ range .a }}{{ end }}",
+                &[("a", "x")],
+                "range can't iterate over x",
+            ),
+            (
+                "{{ call .a }}",
+                &[("a", "x")],
+                "non-function of type string",
+            ),
             ("{{ template \"nope\" }}", &[], "no such template \"nope\""),
             ("{{ repeat 100000000 \"abc\" }}", &[], "exceeds"),
         ] {
