@@ -820,11 +820,13 @@ impl Template {
         let mut fields = Vec::new();
         let mut note = |a: &Arg| match a {
             Arg::Func(Func::Line) => uses_line = true,
-            Arg::Field(chain) | Arg::Var(_, chain) if !chain.is_empty() => {
+            Arg::Field(chain) if !chain.is_empty() => fields.push(chain[0].clone()),
+            Arg::Var(name, chain) if name == "$" && !chain.is_empty() => {
                 fields.push(chain[0].clone())
             }
             // The whole label map handed on: the template may read any label.
-            Arg::Dot | Arg::Var(..) => fields.push("*".to_owned()),
+            Arg::Dot => fields.push("*".to_owned()),
+            Arg::Var(name, _) if name == "$" => fields.push("*".to_owned()),
             _ => {}
         };
         visit_args(&nodes, &mut note);
