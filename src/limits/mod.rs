@@ -380,6 +380,24 @@ mod tests {
     }
 
     #[test]
+    fn experimental_query_gates_are_off_by_default_and_take_only_approx_topk() {
+        let l = LimitsConfig::default();
+        assert!(!l.enable_multi_variant_queries);
+        assert!(!l.approx_topk_enabled());
+        let l: LimitsConfig = serde_yaml::from_str(
+            "enable_multi_variant_queries: true\nshard_aggregations: [approx_topk]\n",
+        )
+        .unwrap();
+        assert!(l.enable_multi_variant_queries);
+        assert!(l.approx_topk_enabled());
+        l.validate("limits_config").unwrap();
+        let l: LimitsConfig = serde_yaml::from_str("shard_aggregations: [topk]").unwrap();
+        let err = l.validate("limits_config").unwrap_err().to_string();
+        assert!(err.contains("limits_config.shard_aggregations"), "{err}");
+        assert!(err.contains("\"topk\""), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_name() {
         let err = serde_yaml::from_str::<LimitsConfig>("max_lines_size: 1KB")
             .unwrap_err()
