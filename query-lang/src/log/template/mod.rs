@@ -857,7 +857,8 @@ impl Template {
         let mut exec = Exec {
             data,
             defines: &self.defines,
-            vars: vec![("$".to_owned(), Val::Root)],
+            root: Val::Root,
+            vars: Vec::new(),
             depth: 0,
             out: String::new(),
         };
@@ -882,6 +883,9 @@ enum Flow {
 struct Exec<'a> {
     data: &'a dyn TemplateData,
     defines: &'a [(String, Vec<Node>)],
+    /// `$`: the template data, or the value a `{{template}}` call was given.
+    root: Val,
+    /// Declared variables in scope, innermost last.
     vars: Vec<(String, Val)>,
     depth: usize,
     out: String,
@@ -1000,12 +1004,13 @@ impl Exec<'_> {
                         Some(p) => self.pipeline(p, dot)?,
                         None => Val::Nil,
                     };
-                    let saved =
-                        std::mem::replace(&mut self.vars, vec![("$".to_owned(), d.clone())]);
+                    let saved_vars = std::mem::take(&mut self.vars);
+                    let saved_root = std::mem::replace(&mut self.root, d.clone());
                     self.depth += 1;
                     let r = self.nodes(body, &d);
                     self.depth -= 1;
-                    self.vars = saved;
+                    self.vars = saved_vars;
+                    self.root = saved_root;
                     r?;
                 }
                 Node::Break => return Ok(Flow::Break),
@@ -1063,13 +1068,16 @@ impl Exec<'_> {
             Arg::Field(chain) => self.chain(dot.clone(), chain),
             Arg::Dot => Ok(dot.clone()),
             Arg::Var(name, chain) => {
-                let v = self
-                    .vars
-                    .iter()
-                    .rev()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.clone())
-                    .ok_or_else(|| format!("undefined variable: {name}"))?;
+                let v = if name == "$" {
+                    self.root.clone()
+                } else {
+                    self.vars
+                        .iter()
+                        .rev()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| v.clone())
+                        .ok_or_else(|| format!("undefined variable: {name}"))?
+                };
                 self.chain(v, chain)
             }
             Arg::Lit(v) => Ok(v.clone()),
@@ -1330,6 +1338,11 @@ mod tests {
                 "{{ define \"kv\" }}{{ .k }}={{ .v }}{{ end }}{{ template \"kv\" . }}",
                 &[("k", "a"), ("v", "b")],
                 "a=b",
+            ),
+            (
+                "{{ define \"t\" }}[{{ $ }}]{{ end }}{{ template \"t\" .a }}{{ $.a }}",
+                &[("a", "x")],
+                "[x]x",
             ),
             (
                 "{{ block \"b\" .a }}<{{ . }}>{{ end }}",
