@@ -776,7 +776,8 @@ pub(super) fn call(f: Func, args: Vec<Val>, data: &dyn TemplateData) -> R {
         }
         Date => {
             arity(f, &args, 2)?;
-            Val::Str(date_arg(&args[1]).format(s(0)?))
+            // Sprig's `date` shows the time in the local zone (UTC here).
+            Val::Str(date_arg(&args[1]).in_zone(Zone::Utc).format(s(0)?))
         }
         Now => {
             arity(f, &args, 0)?;
