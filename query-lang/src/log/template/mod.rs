@@ -8,7 +8,8 @@
 //! `$x = …`, `$`), pipelines with `|`, parenthesised pipelines with field access,
 //! `{{- -}}` trimming, comments, `if`/`else if`/`else`, `with`/`else with`, `range` (with
 //! `else`, `break`, `continue`) over maps, lists and integers, and `define`/`template`/
-//! `block`. A runtime error is returned as text for `__error_details__`; the caller
+//! `block`, and `time.Time` methods (`__timestamp__.Unix`, `(…).Format "2006"`). A
+//! runtime error is returned as text for `__error_details__`; the caller
 //! keeps the line and sets `TemplateFormatErr`. It does not own which labels exist (the
 //! caller passes a [`TemplateData`]); functions live in `funcs`, Go's `fmt` in `gofmt`,
 //! time values and layouts in `gotime`.
@@ -321,7 +322,9 @@ fn lex_action(src: &str) -> Result<Vec<Tok>, String> {
                 i = j;
             }
             b'.' => {
-                let glued = i > 0 && b[i - 1] == b')';
+                // `(…).a`, `now.Unix`: a chain on the value before it.
+                let glued = i > 0
+                    && (b[i - 1] == b')' || b[i - 1] == b'_' || b[i - 1].is_ascii_alphanumeric());
                 let (names, j) = field_chain(src, i);
                 if names.is_empty() {
                     out.push(Tok::Dot);
@@ -570,7 +573,19 @@ impl Parser {
                     "false" => cmd.push(Arg::Lit(Val::Bool(false))),
                     "nil" => cmd.push(Arg::Lit(Val::Nil)),
                     _ => match funcs::lookup(id) {
-                        Some(f) => cmd.push(Arg::Func(f)),
+                        // `__timestamp__.Unix`: the function's result, then the chain.
+                        Some(f) => match toks.get(*pos) {
+                            Some(Tok::Chain(c)) => {
+                                *pos += 1;
+                                let call = Pipeline {
+                                    decl: Vec::new(),
+                                    assign: false,
+                                    cmds: vec![vec![Arg::Func(f)]],
+                                };
+                                cmd.push(Arg::Sub(Box::new(call), c.clone()));
+                            }
+                            _ => cmd.push(Arg::Func(f)),
+                        },
                         None => return Err(format!("function \"{id}\" not defined")),
                     },
                 },
@@ -1048,6 +1063,7 @@ impl Exec<'_> {
                     .unwrap_or_default(),
             )),
             Val::Map(m) => Ok(m.get(name).cloned().unwrap_or(Val::Nil)),
+            Val::Time(t) => time_method(t, name, &[]),
             Val::Nil => Err(format!("nil pointer evaluating interface {{}}.{name}")),
             other => Err(format!(
                 "can't evaluate field {name} in type {}",
@@ -1147,6 +1163,43 @@ impl Exec<'_> {
             };
             let val = match first {
                 Arg::Func(f) => self.call(*f, &cmd[1..], piped.take(), dot)?,
+                // `(__timestamp__).Format "2006"`: a method with arguments ends the chain.
+                Arg::Field(c) | Arg::Var(_, c) | Arg::Sub(_, c)
+                    if !c.is_empty() && (cmd.len() > 1 || piped.is_some()) =>
+                {
+                    let Some((method, head)) = c.split_last() else {
+                        return Err("empty field chain".to_owned());
+                    };
+                    let recv = match first {
+                        Arg::Field(_) => self.chain(dot.clone(), head)?,
+                        Arg::Var(name, _) => {
+                            self.arg(&Arg::Var(name.clone(), head.to_vec()), dot)?
+                        }
+                        Arg::Sub(p, _) => {
+                            let v = self.pipeline(p, dot)?;
+                            self.chain(v, head)?
+                        }
+                        _ => Val::Nil,
+                    };
+                    let mut args = Vec::with_capacity(cmd.len());
+                    for a in &cmd[1..] {
+                        let v = self.arg(a, dot)?;
+                        args.push(self.whole(v));
+                    }
+                    if let Some(v) = piped.take() {
+                        args.push(self.whole(v));
+                    }
+                    match recv {
+                        Val::Time(t) => time_method(t, method, &args)?,
+                        other => {
+                            return Err(format!(
+                                "can't give argument to non-function {}.{method} of type {}",
+                                describe(first).trim_end_matches(&format!(".{method}")),
+                                other.type_name()
+                            ))
+                        }
+                    }
+                }
                 other => {
                     if cmd.len() > 1 || piped.is_some() {
                         return Err(format!(
@@ -1160,6 +1213,69 @@ impl Exec<'_> {
             piped = Some(val);
         }
         Ok(piped.unwrap_or(Val::Nil))
+    }
+}
+
+/// Methods of Go's `time.Time` a template may call.
+fn time_method(t: GoTime, name: &str, args: &[Val]) -> Result<Val, String> {
+    let no_args = || -> Result<(), String> {
+        if args.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "wrong number of args for {name}: want 0 got {}",
+                args.len()
+            ))
+        }
+    };
+    let int = |v: i64| -> Result<Val, String> {
+        no_args()?;
+        Ok(Val::Int(v))
+    };
+    match name {
+        "Format" => match args {
+            [Val::Str(layout)] => Ok(Val::Str(t.format(layout))),
+            [other] => Err(format!(
+                "wrong type for value; expected string; got {}",
+                other.type_name()
+            )),
+            _ => Err(format!(
+                "wrong number of args for Format: want 1 got {}",
+                args.len()
+            )),
+        },
+        "Unix" => int(t.unix()),
+        "UnixMilli" => int(t.unix_millis()),
+        "UnixMicro" => int(t.unix_nanos() / 1000),
+        "UnixNano" => int(t.unix_nanos()),
+        "Year" => int(t.format("2006").parse().unwrap_or(0)),
+        "YearDay" => int(t.format("002").parse().unwrap_or(0)),
+        "Day" => int(t.format("2").parse().unwrap_or(0)),
+        "Hour" => int(t.format("15").parse().unwrap_or(0)),
+        "Minute" => int(t.format("4").parse().unwrap_or(0)),
+        "Second" => int(t.format("5").parse().unwrap_or(0)),
+        "Nanosecond" => int(t.unix_nanos().rem_euclid(1_000_000_000)),
+        "Month" => {
+            no_args()?;
+            Ok(Val::Str(t.format("January")))
+        }
+        "Weekday" => {
+            no_args()?;
+            Ok(Val::Str(t.format("Monday")))
+        }
+        "UTC" | "Local" => {
+            no_args()?;
+            Ok(Val::Time(t.in_zone(gotime::Zone::Utc)))
+        }
+        "String" => {
+            no_args()?;
+            Ok(Val::Str(t.go_string()))
+        }
+        "IsZero" => {
+            no_args()?;
+            Ok(Val::Bool(t == GoTime::zero()))
+        }
+        _ => Err(format!("can't evaluate field {name} in type time.Time")),
     }
 }
 
@@ -1438,6 +1554,17 @@ mod tests {
                 &[("a", "2024-07-01 12:00")],
                 "10:00 UTC",
             ),
+            (
+                "{{ __timestamp__.Unix }} {{ (__timestamp__).UnixMilli }} {{ __timestamp__.Format \"2006\" }}",
+                &[],
+                "1767225600 1767225600500 2026",
+            ),
+            (
+                "{{ $t := unixToTime .a }}{{ $t.Year }}-{{ $t.Month }}-{{ $t.Day }} {{ $t.Weekday }} {{ $t.Format \"15h04\" }}",
+                &[("a", "1700000000")],
+                "2023-November-14 Tuesday 22h13",
+            ),
+            ("{{ (toDate \"2006\" \"x\").IsZero }}", &[], "true"),
             ("{{ date \"15:04\" 1700000000 }}", &[], "22:13"),
             (
                 "{{ toDate \"02/01/2006 15h04\" .a | unixEpoch }}",
