@@ -875,6 +875,7 @@ impl Template {
             root: Val::Root,
             vars: Vec::new(),
             depth: 0,
+            steps: 0,
             out: String::new(),
         };
         exec.nodes(&self.nodes, &Val::Root)?;
@@ -888,6 +889,9 @@ impl Template {
 const MAX_DEPTH: usize = 1000;
 /// Most iterations of one `range` over an integer.
 const MAX_RANGE: i64 = 100_000;
+/// Most nodes one render may execute: recursion through `template` inside `range` can
+/// otherwise grow exponentially, and one line must not take a query worker hostage.
+const MAX_STEPS: u64 = 1_000_000;
 
 enum Flow {
     Normal,
@@ -903,12 +907,18 @@ struct Exec<'a> {
     /// Declared variables in scope, innermost last.
     vars: Vec<(String, Val)>,
     depth: usize,
+    /// Nodes executed so far (see [`MAX_STEPS`]).
+    steps: u64,
     out: String,
 }
 
 impl Exec<'_> {
     fn nodes(&mut self, nodes: &[Node], dot: &Val) -> Result<Flow, String> {
         for n in nodes {
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                return Err(format!("template execution exceeded {MAX_STEPS} steps"));
+            }
             match n {
                 Node::Text(t) => self.out.push_str(t),
                 Node::Action(p) => {
@@ -1673,6 +1683,105 @@ mod tests {
         ] {
             let err = try_render(t, labels).expect_err(t);
             assert!(err.contains(want), "{t}: {err}");
+        }
+    }
+
+    #[test]
+    fn runaway_templates_stop_with_an_error() {
+        let wide = "{{ range 100000 }}{{ range 100000 }}x{{ end }}{{ end }}";
+        let err = try_render(wide, &[]).unwrap_err();
+        assert_eq!(err, "template execution exceeded 1000000 steps");
+        let deep = "{{ define \"a\" }}{{ template \"a\" }}{{ end }}{{ template \"a\" }}";
+        let err = try_render(deep, &[]).unwrap_err();
+        assert!(err.contains("exceeded maximum template depth"), "{err}");
+    }
+
+    const FRAGMENTS: &[&str] = &[
+        "{{",
+        "}}",
+        "{{- ",
+        " -}}",
+        " ",
+        ".a",
+        ".j",
+        ".",
+        "$",
+        "$x",
+        "$x := ",
+        "$x = ",
+        "|",
+        "(",
+        ")",
+        ")",
+        "if ",
+        "else ",
+        "else if ",
+        "end",
+        "range ",
+        "with ",
+        "define \"d\"",
+        "template \"d\" ",
+        "block \"b\" ",
+        "break",
+        "continue",
+        "\"s\"",
+        "`r`",
+        "'c'",
+        "1",
+        "-2",
+        "2.5",
+        "0x1F",
+        "nil",
+        "true",
+        "printf \"%v%d\" ",
+        "index ",
+        "slice ",
+        "len ",
+        "fromJson ",
+        "toDate \"2006\" ",
+        "date \"Jan _2 15:04:05.000\" ",
+        "__timestamp__",
+        ".Unix",
+        ".Format \"2006\"",
+        "substr ",
+        "trunc ",
+        "repeat ",
+        "div ",
+        "divf ",
+        "round ",
+        "unixToTime ",
+        "b64dec ",
+        "urldecode ",
+        "eq ",
+        "lt ",
+        "and ",
+        "or ",
+        "not ",
+        "/* c */",
+        "é",
+        "\\",
+        "\"",
+        "}",
+        "{",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn templates_never_panic_when_parsed_or_rendered(
+            parts in proptest::collection::vec(proptest::sample::select(FRAGMENTS), 0..24)
+        ) {
+            if let Ok(t) = Template::parse(&parts.concat()) {
+                let _ = t.render(&Data(vec![("a", "1700000000"), ("j", "{\"a\":[1,{\"b\":null}]}")]));
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_the_template_parser(s in proptest::prelude::any::<String>()) {
+            if let Ok(t) = Template::parse(&s) {
+                let _ = t.render(&Data(vec![]));
+            }
         }
     }
 
