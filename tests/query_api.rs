@@ -757,3 +757,111 @@ ingester:
     assert!(processed.counted_groups > 0, "{processed:?}");
     server.stop().await;
 }
+
+/// GET `path` as `tenant`.
+async fn get_as(
+    server: &TestServer,
+    tenant: &str,
+    path: &str,
+    params: &[(&str, String)],
+) -> (u16, String) {
+    let r = server
+        .client
+        .get(format!("{}{path}", server.url))
+        .header("X-Scope-OrgID", tenant)
+        .query(params)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_and_approx_topk_answer_only_tenants_that_enable_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runtime.yaml");
+    std::fs::write(
+        &file,
+        "overrides:\n  on:\n    enable_multi_variant_queries: true\n    shard_aggregations: [approx_topk]\n",
+    )
+    .unwrap();
+    let server = TestServer::start(&format!(
+        "auth_enabled: true\nruntime_config:\n  file: {}\n{CONFIG}",
+        file.display()
+    ))
+    .await;
+    let base = now_ns() - 10_000_000_000;
+    for tenant in ["on", "off"] {
+        let body = serde_json::json!({"streams": [
+            {"stream": {"app": "api"}, "values": [
+                [base.to_string(), "keep a"], [(base + 1).to_string(), "drop"],
+                [(base + 2).to_string(), "keep a"], [(base + 3).to_string(), "keep a"]]},
+            {"stream": {"app": "web"}, "values": [[base.to_string(), "keep b"]]}
+        ]});
+        let (status, text) = server.push_json(Some(tenant), &body).await;
+        assert_eq!(status, 204, "{text}");
+    }
+    let variants = r#"variants(count_over_time({app="x"}[1m]), sum(bytes_over_time({app="x"}[1m]))) of ({app=~"api|web"} |= "keep" [1m])"#;
+    let approx = r#"approx_topk(1, sum by (app) (count_over_time({app=~".+"}[1m])))"#;
+    let now = now_ns().to_string();
+    let instant = |query: &str| vec![("query", query.to_string()), ("time", now.clone())];
+
+    // Off by default, with Loki's answers.
+    let (status, body) = get_as(&server, "off", "/loki/api/v1/query", &instant(variants)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("multi variant queries are disabled for this instance"),
+        "{body}"
+    );
+    let (status, body) = get_as(&server, "off", "/loki/api/v1/query", &instant(approx)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("approx_topk is not enabled. See -limits.shard_aggregations"),
+        "{body}"
+    );
+
+    // Enabled: one read, each series labelled with its variant.
+    let (status, body) = get_as(&server, "on", "/loki/api/v1/query", &instant(variants)).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut got: Vec<(String, String, String)> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let label = |k: &str| s["metric"][k].as_str().unwrap_or("").to_string();
+            (
+                label("__variant__"),
+                label("app"),
+                s["value"][1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(String, String, String)> =
+        [("0", "api", "3"), ("0", "web", "1"), ("1", "", "24")]
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect();
+    assert_eq!(got, want, "{body}");
+
+    // approx_topk: answered (exactly) for instant queries, refused for range queries.
+    let (status, body) = get_as(&server, "on", "/loki/api/v1/query", &instant(approx)).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let result = v["data"]["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{body}");
+    assert_eq!(result[0]["metric"]["app"], "api");
+    assert_eq!(result[0]["value"][1], "4");
+    let mut range = window();
+    range.push(("query", approx.to_string()));
+    range.push(("step", "60".to_string()));
+    let (status, body) = get_as(&server, "on", "/loki/api/v1/query_range", &range).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("count min sketches are only supported on instant queries"),
+        "{body}"
+    );
+    server.stop().await;
+}

@@ -52,7 +52,7 @@ fn logfmt_line(i: usize) -> String {
 fn pipeline(query: &str) -> Pipeline {
     match parse_expr(query).unwrap() {
         Expr::Log(sel) => Pipeline::new(&sel.pipeline).unwrap(),
-        Expr::Metric(_) => panic!("{query} is not a log query"),
+        Expr::Metric(_) | Expr::Variants(_) => panic!("{query} is not a log query"),
     }
 }
 

@@ -531,3 +531,47 @@ fn overly_long_queries_are_rejected_with_the_limit() {
     let q = format!(r#"{{a="{}"}}"#, "x".repeat(131_072));
     assert!(rejects(&q).contains("input size too long"));
 }
+
+#[test]
+fn variants_parse_and_print_canonically() {
+    canon(
+        r#"variants(count_over_time({a="b"}[1m]),bytes_over_time({a="b"}[1m])) of ({a="b"}|="x"[1m])"#,
+        r#"variants(count_over_time({a="b"}[1m]), bytes_over_time({a="b"}[1m])) of ({a="b"} |= "x" [1m])"#,
+    );
+    canon(
+        r#"VARIANTS(sum by (app) (rate({a="b"} | json [5m]))) OF ({a="b"} | json [5m] offset 1m)"#,
+        r#"variants(sum by (app) (rate({a="b"} | json [5m]))) of ({a="b"} | json [5m] offset 1m)"#,
+    );
+    // The range may sit right after the selector, as anywhere a log range is read.
+    canon(
+        r#"variants(count_over_time({a="b"}[1m])) of ({a="b"}[1m] | logfmt)"#,
+        r#"variants(count_over_time({a="b"}[1m])) of ({a="b"} | logfmt [1m])"#,
+    );
+}
+
+#[test]
+fn variants_are_whole_queries_with_a_log_range() {
+    for bad in [
+        r#"variants() of ({a="b"}[1m])"#,
+        r#"variants(count_over_time({a="b"}[1m]))"#,
+        r#"variants(count_over_time({a="b"}[1m])) of {a="b"}[1m]"#,
+        r#"variants(count_over_time({a="b"}[1m])) of ({a="b"})"#,
+        r#"variants({a="b"}) of ({a="b"}[1m])"#,
+        r#"variants(count_over_time({a="b"}[1m])) of ({a="b"}[1m]) + 1"#,
+        r#"sum(variants(count_over_time({a="b"}[1m])) of ({a="b"}[1m]))"#,
+    ] {
+        assert!(
+            rejects(bad).starts_with("parse error at line 1"),
+            "{bad}: {}",
+            rejects(bad)
+        );
+    }
+    assert!(
+        rejects(r#"variants(count_over_time({a=""}[1m])) of ({a="b"}[1m])"#)
+            .contains("empty-compatible")
+    );
+    assert!(
+        rejects(r#"variants(count_over_time({a="b"}[1m])) of ({a=~".*"}[1m])"#)
+            .contains("empty-compatible")
+    );
+}

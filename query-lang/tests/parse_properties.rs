@@ -406,10 +406,27 @@ fn metric() -> impl Strategy<Value = MetricExpr> {
     })
 }
 
+fn log_range() -> impl Strategy<Value = LogRange> {
+    (
+        selector(),
+        prop::option::of(unwrap_expr()),
+        1i64..7200,
+        prop_oneof![Just(0i64), 1i64..3600],
+    )
+        .prop_map(|(selector, unwrap, range_s, offset_s)| LogRange {
+            selector,
+            unwrap,
+            range: range_s * 1_000_000_000,
+            offset: offset_s * 1_000_000_000,
+        })
+}
+
 fn expr() -> impl Strategy<Value = Expr> {
     prop_oneof![
         1 => selector().prop_map(Expr::Log),
         3 => metric().prop_map(Expr::Metric),
+        1 => (prop::collection::vec(metric(), 1..4), log_range())
+            .prop_map(|(variants, of)| Expr::Variants(VariantsExpr { variants, of })),
     ]
 }
 
@@ -457,6 +474,8 @@ const FRAGMENTS: &[&str] = &[
     "topk",
     "vector(",
     "label_replace(",
+    "variants(",
+    " of ",
     "offset",
     "1m",
     "0.5",

@@ -200,7 +200,7 @@ pub(super) fn parse_query(text: &str) -> Result<Expr, ApiError> {
 fn selector_matchers(text: &str) -> Result<Vec<Matcher>, ApiError> {
     match parse_query(text)? {
         Expr::Log(sel) => Ok(sel.matchers),
-        Expr::Metric(_) => Err(ApiError::bad_request(format!(
+        Expr::Metric(_) | Expr::Variants(_) => Err(ApiError::bad_request(format!(
             "only stream selectors are accepted here, got a metric query: {text}"
         ))),
     }
@@ -260,6 +260,8 @@ async fn run_query(
     if limits.max_query_series > 0 {
         p.max_series = limits.max_query_series;
     }
+    p.multi_variant_queries = limits.enable_multi_variant_queries;
+    p.approx_topk = limits.approx_topk_enabled();
     if !p.is_instant() {
         check_length(api, &req.tenant, p.start_ns, p.end_ns)?;
     }

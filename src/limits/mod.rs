@@ -23,6 +23,9 @@ use crate::tenant::TenantId;
 
 pub use rate::IngestionRateLimiter;
 
+/// The one aggregation `shard_aggregations` may list.
+pub const APPROX_TOPK: &str = "approx_topk";
+
 /// Bytes in one "MB" of `ingestion_rate_mb`: Loki means MiB here.
 pub const BYTES_PER_MB: f64 = 1_048_576.0;
 
@@ -88,6 +91,10 @@ pub struct LimitsConfig {
     pub max_entries_limit_per_query: u32,
     pub max_query_series: usize,
     pub query_timeout: ConfigDuration,
+    /// Lets `variants(...) of (...)` queries run (experimental in Loki, off by default).
+    pub enable_multi_variant_queries: bool,
+    /// Aggregations Loki shards; listing `approx_topk` lets it run (instant queries only).
+    pub shard_aggregations: Vec<String>,
     /// How long data is kept; 0 keeps it forever.
     pub retention_period: ConfigDuration,
     pub retention_stream: Vec<StreamRetention>,
@@ -131,6 +138,8 @@ impl Default for LimitsConfig {
             max_entries_limit_per_query: 5000,
             max_query_series: 500,
             query_timeout: ConfigDuration::from_secs(60),
+            enable_multi_variant_queries: false,
+            shard_aggregations: Vec::new(),
             retention_period: ConfigDuration::from_hours(744),
             retention_stream: Vec::new(),
         }
@@ -172,6 +181,16 @@ impl LimitsConfig {
                 "0 would refuse every log query; the default is 5000".into(),
             ));
         }
+        if let Some(op) = self
+            .shard_aggregations
+            .iter()
+            .find(|op| op.as_str() != APPROX_TOPK)
+        {
+            return Err(invalid(
+                "shard_aggregations",
+                format!("unknown aggregation {op:?}; the only one is {APPROX_TOPK}"),
+            ));
+        }
         for (i, rule) in self.retention_stream.iter().enumerate() {
             let sel = rule.selector.trim();
             if !(sel.starts_with('{') && sel.ends_with('}')) || sel.len() < 3 {
@@ -191,6 +210,11 @@ impl LimitsConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether `approx_topk` may run: `shard_aggregations` lists it.
+    pub fn approx_topk_enabled(&self) -> bool {
+        self.shard_aggregations.iter().any(|op| op == APPROX_TOPK)
     }
 
     /// `ingestion_rate_mb` in bytes per second.
@@ -353,6 +377,24 @@ mod tests {
         assert_eq!(l.max_line_size.to_string(), "256KB");
         assert_eq!(l.retention_stream[0].period.to_string(), "48h");
         assert_eq!(l.retention_period, ConfigDuration::from_hours(24));
+    }
+
+    #[test]
+    fn experimental_query_gates_are_off_by_default_and_take_only_approx_topk() {
+        let l = LimitsConfig::default();
+        assert!(!l.enable_multi_variant_queries);
+        assert!(!l.approx_topk_enabled());
+        let l: LimitsConfig = serde_yaml::from_str(
+            "enable_multi_variant_queries: true\nshard_aggregations: [approx_topk]\n",
+        )
+        .unwrap();
+        assert!(l.enable_multi_variant_queries);
+        assert!(l.approx_topk_enabled());
+        l.validate("limits_config").unwrap();
+        let l: LimitsConfig = serde_yaml::from_str("shard_aggregations: [topk]").unwrap();
+        let err = l.validate("limits_config").unwrap_err().to_string();
+        assert!(err.contains("limits_config.shard_aggregations"), "{err}");
+        assert!(err.contains("\"topk\""), "{err}");
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl HeadReader for crate::ingester::Ingester {
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The query or its parameters are wrong (HTTP 400).
+    /// The evaluator refused the query: HTTP 400, or 500 where Loki answers 500
+    /// (`EvalError::is_client_error`).
     #[error("{0}")]
     Eval(EvalError),
     /// Reading data failed (HTTP 500).

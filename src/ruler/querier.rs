@@ -47,6 +47,8 @@ impl RuleQuerier for EngineQuerier {
         if limits.max_query_series > 0 {
             params.max_series = limits.max_query_series;
         }
+        params.multi_variant_queries = limits.enable_multi_variant_queries;
+        params.approx_topk = limits.approx_topk_enabled();
         let (result, _) = self
             .querier
             .query(tenant, expr, params)

@@ -298,7 +298,7 @@ pub fn is_valid_metric_name(name: &str) -> bool {
 /// evaluation as Loki does.
 pub fn check_logql(expr: &str) -> Result<(), String> {
     match query_lang::parse_expr(expr) {
-        Ok(query_lang::Expr::Metric(_)) => Ok(()),
+        Ok(query_lang::Expr::Metric(_) | query_lang::Expr::Variants(_)) => Ok(()),
         Ok(query_lang::Expr::Log(_)) => {
             Err("this is a log query; rules need a metric query such as \
              sum(rate({app=\"api\"} |= \"error\" [5m]))"

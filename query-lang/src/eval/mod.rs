@@ -12,6 +12,7 @@ mod log_query;
 mod range;
 pub mod result;
 pub mod source;
+mod variants;
 mod vector;
 
 pub use result::{EntryLabels, LogEntry, Point, QueryResult, Sample, Series, Stream};
@@ -53,6 +54,12 @@ pub struct QueryParams {
     pub max_series: usize,
     /// Most steps a range query may evaluate.
     pub max_points: usize,
+    /// `enable_multi_variant_queries`: whether `variants(...) of (...)` may run. Off by
+    /// default, as in Loki.
+    pub multi_variant_queries: bool,
+    /// Whether `approx_topk` may run (Loki's `shard_aggregations` lists it). Off by
+    /// default, as in Loki.
+    pub approx_topk: bool,
 }
 
 impl QueryParams {
@@ -68,6 +75,8 @@ impl QueryParams {
             categorize_labels: false,
             max_series: DEFAULT_MAX_SERIES,
             max_points: DEFAULT_MAX_POINTS,
+            multi_variant_queries: false,
+            approx_topk: false,
         }
     }
 
@@ -115,13 +124,29 @@ pub enum EvalError {
     DuplicateSeries { side: &'static str, series: String },
     #[error("invalid regex {regex:?} in label_replace: {reason}")]
     LabelReplaceRegex { regex: String, reason: String },
+    /// The tenant has not enabled `enable_multi_variant_queries`.
+    #[error("multi variant queries are disabled for this instance")]
+    VariantsDisabled,
+    /// `unwrap` in the log range of `variants(...) of (...)`: each variant unwraps.
+    #[error("unwrap is not supported in the log range of variants(...) of (...); unwrap inside each variant")]
+    VariantsUnwrap,
+    /// The tenant's `shard_aggregations` does not list `approx_topk` (Loki's text; a 500
+    /// there, from its query planner).
+    #[error("approx_topk is not enabled. See -limits.shard_aggregations")]
+    ApproxTopkDisabled,
+    /// `approx_topk` in a range query (Loki's text; a 500 there).
+    #[error("count min sketches are only supported on instant queries")]
+    ApproxTopkNotInstant,
 }
 
 impl EvalError {
     /// True for errors caused by the query or its parameters (HTTP 400), false for
-    /// failures of the store (HTTP 500).
+    /// failures of the store and the errors Loki answers with 500 (HTTP 500).
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, EvalError::Source(_))
+        !matches!(
+            self,
+            EvalError::Source(_) | EvalError::ApproxTopkDisabled | EvalError::ApproxTopkNotInstant
+        )
     }
 }
 
@@ -134,6 +159,19 @@ pub fn eval(
     params: &QueryParams,
     source: &dyn LogSource,
 ) -> Result<QueryResult, EvalError> {
+    let uses_approx_topk = match expr {
+        Expr::Log(_) => false,
+        Expr::Metric(m) => contains_approx_topk(m),
+        Expr::Variants(v) => v.variants.iter().any(contains_approx_topk),
+    };
+    if uses_approx_topk {
+        if !params.approx_topk {
+            return Err(EvalError::ApproxTopkDisabled);
+        }
+        if !params.is_instant() {
+            return Err(EvalError::ApproxTopkNotInstant);
+        }
+    }
     match expr {
         Expr::Log(sel) => {
             if params.is_instant() {
@@ -141,7 +179,38 @@ pub fn eval(
             }
             log_query::eval_log(sel, params, source)
         }
-        Expr::Metric(m) => eval_metric(m, params, source),
+        Expr::Metric(m) => {
+            let params = metric_params(params)?;
+            let grid = range::StepGrid::new(&params);
+            let ctx = range::Ctx {
+                source,
+                grid: &grid,
+            };
+            let value = vector::eval_value(m, &ctx, &range::Hint::default())?;
+            metric_result(value, &params, &grid, contains_sort(m))
+        }
+        Expr::Variants(v) => {
+            if !params.multi_variant_queries {
+                return Err(EvalError::VariantsDisabled);
+            }
+            let params = metric_params(params)?;
+            let grid = range::StepGrid::new(&params);
+            let value = variants::eval_variants(v, &grid, source)?;
+            let sorted = v.variants.iter().any(contains_sort);
+            metric_result(value, &params, &grid, sorted)
+        }
+    }
+}
+
+/// Whether `approx_topk` appears anywhere in `e`.
+fn contains_approx_topk(e: &MetricExpr) -> bool {
+    match e {
+        MetricExpr::VectorAggregation(v) => {
+            v.op == VectorOp::ApproxTopk || contains_approx_topk(&v.inner)
+        }
+        MetricExpr::BinOp(b) => contains_approx_topk(&b.lhs) || contains_approx_topk(&b.rhs),
+        MetricExpr::LabelReplace(l) => contains_approx_topk(&l.inner),
+        _ => false,
     }
 }
 
@@ -175,47 +244,44 @@ fn contains_sort(e: &MetricExpr) -> bool {
     }
 }
 
-fn eval_metric(
-    expr: &MetricExpr,
+/// Checks a metric query's step parameters; range queries come back aligned to the step.
+fn metric_params(params: &QueryParams) -> Result<QueryParams, EvalError> {
+    if params.is_instant() {
+        return Ok(params.clone());
+    }
+    if params.step_ns <= 0 {
+        return Err(EvalError::InvalidParams(format!(
+            "zero or negative query resolution step widths are not accepted (step = {}ns); try a positive integer",
+            params.step_ns
+        )));
+    }
+    if params.end_ns < params.start_ns {
+        return Err(EvalError::InvalidParams(format!(
+            "end ({}) must not be before start ({})",
+            params.end_ns, params.start_ns
+        )));
+    }
+    let points = (params.end_ns - params.start_ns) / params.step_ns;
+    if points > params.max_points as i64 {
+        return Err(EvalError::MaxPoints {
+            points,
+            limit: params.max_points,
+            step_ns: params.step_ns,
+        });
+    }
+    Ok(align_to_step(params))
+}
+
+/// A metric query's answer from its evaluated value: a scalar or vector for instant
+/// queries (vector samples sorted by labels unless the query sorts), a matrix sorted by
+/// labels for range queries.
+fn metric_result(
+    value: vector::Value,
     params: &QueryParams,
-    source: &dyn LogSource,
+    grid: &range::StepGrid,
+    keeps_order: bool,
 ) -> Result<QueryResult, EvalError> {
     let instant = params.is_instant();
-    if !instant {
-        if params.step_ns <= 0 {
-            return Err(EvalError::InvalidParams(format!(
-                "zero or negative query resolution step widths are not accepted (step = {}ns); try a positive integer",
-                params.step_ns
-            )));
-        }
-        if params.end_ns < params.start_ns {
-            return Err(EvalError::InvalidParams(format!(
-                "end ({}) must not be before start ({})",
-                params.end_ns, params.start_ns
-            )));
-        }
-        let points = (params.end_ns - params.start_ns) / params.step_ns;
-        if points > params.max_points as i64 {
-            return Err(EvalError::MaxPoints {
-                points,
-                limit: params.max_points,
-                step_ns: params.step_ns,
-            });
-        }
-    }
-    let aligned;
-    let params = if instant {
-        params
-    } else {
-        aligned = align_to_step(params);
-        &aligned
-    };
-    let grid = range::StepGrid::new(params);
-    let ctx = range::Ctx {
-        source,
-        grid: &grid,
-    };
-    let value = vector::eval_value(expr, &ctx, &range::Hint::default())?;
     let matrix = match value {
         vector::Value::Scalar(v) => {
             if instant {
@@ -224,7 +290,7 @@ fn eval_metric(
                     value: v,
                 });
             }
-            vector::constant_series(v, &grid)
+            vector::constant_series(v, grid)
         }
         vector::Value::Vector(m) => m,
     };
@@ -258,7 +324,7 @@ fn eval_metric(
                 })
             })
             .collect();
-        if !contains_sort(expr) {
+        if !keeps_order {
             samples.sort_by(|a, b| a.labels.cmp(&b.labels));
         }
         return Ok(QueryResult::Vector(samples));
@@ -338,5 +404,56 @@ mod tests {
             panic!("not a vector");
         };
         assert_eq!(v.len(), 2);
+    }
+
+    #[test]
+    fn approx_topk_is_gated_and_instant_only_with_lokis_errors() {
+        let expr =
+            parse_expr(r#"approx_topk(1, sum by (pod) (count_over_time({app="x"}[5m])))"#).unwrap();
+        let src = source(&["a", "b"]);
+        // Off by default, as Loki's shard_aggregations is empty by default.
+        let err = eval(&expr, &QueryParams::instant(20 * MIN), &src).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "approx_topk is not enabled. See -limits.shard_aggregations"
+        );
+        assert!(!err.is_client_error(), "Loki answers 500");
+        let mut range = QueryParams::range(10 * MIN, 20 * MIN, MIN);
+        range.approx_topk = true;
+        let err = eval(&expr, &range, &src).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "count min sketches are only supported on instant queries"
+        );
+        assert!(!err.is_client_error());
+        let mut instant = QueryParams::instant(20 * MIN);
+        instant.approx_topk = true;
+        let QueryResult::Vector(v) = eval(&expr, &instant, &src).unwrap() else {
+            panic!("not a vector");
+        };
+        // Exact: both pods have 5 lines; topk keeps one of them with its labels.
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].value, 5.0);
+        assert_eq!(v[0].labels[0].0, "pod");
+    }
+
+    #[test]
+    fn approx_topk_validation_matches_lokis_parse_errors() {
+        for (query, want) in [
+            (
+                r#"approx_topk(2, count_over_time({app="x"}[5m])) by (pod)"#,
+                "parse error : grouping not allowed for approx_topk aggregation",
+            ),
+            (
+                r#"approx_topk(0, count_over_time({app="x"}[5m]))"#,
+                "parse error : invalid parameter (must be greater than 0) approx_topk(0",
+            ),
+            (
+                r#"approx_topk(count_over_time({app="x"}[5m]))"#,
+                "parse error : parameter required for operation approx_topk",
+            ),
+        ] {
+            assert_eq!(parse_expr(query).unwrap_err().to_string(), want, "{query}");
+        }
     }
 }

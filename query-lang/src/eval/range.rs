@@ -52,11 +52,11 @@ impl StepGrid {
         self.timestamp_ns(step).div_euclid(1_000_000)
     }
 
-    fn first_ns(&self) -> i64 {
+    pub(crate) fn first_ns(&self) -> i64 {
         self.start_ns
     }
 
-    fn last_ns(&self) -> i64 {
+    pub(crate) fn last_ns(&self) -> i64 {
         self.timestamp_ns(self.count.saturating_sub(1))
     }
 }

@@ -22,6 +22,9 @@ impl TemplateData for BuilderData<'_, '_> {
     fn label(&self, name: &str) -> Option<&str> {
         self.lb.get(name)
     }
+    fn labels(&self) -> Vec<(String, String)> {
+        self.lb.labels()
+    }
     fn line(&self) -> &str {
         self.line
     }
@@ -42,6 +45,9 @@ impl TemplateData for SnapshotData<'_> {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+    fn labels(&self) -> Vec<(String, String)> {
+        self.labels.to_vec()
     }
     fn line(&self) -> &str {
         self.line
@@ -262,6 +268,51 @@ mod tests {
         assert_eq!(lb.get("code"), Some("404"));
         assert_eq!(lb.get("route"), Some("GET:404"));
         assert_eq!(lb.get("again"), Some(""));
+    }
+
+    #[test]
+    fn template_runtime_errors_keep_the_line_and_set_template_format_err() {
+        let s = stream();
+        let mut lb = LabelsBuilder::new(&s);
+        lb.add_extracted("n", "0");
+        let f = LineFormatter::new("{{ div 10 (int .n) }}").unwrap();
+        assert_eq!(f.process(0, "original", &mut lb), None);
+        assert_eq!(lb.get(ERROR_LABEL), Some(TEMPLATE_FORMAT_ERR));
+        assert_eq!(
+            lb.get(ERROR_DETAILS_LABEL),
+            Some("error calling div: runtime error: integer divide by zero")
+        );
+        let mut lb = LabelsBuilder::new(&s);
+        let f = LabelFormatter::new(&[LabelFmt::Template {
+            dst: "t".to_owned(),
+            template: "{{ unixEpoch .app }}".to_owned(),
+        }])
+        .unwrap();
+        f.process(0, "line", &mut lb);
+        assert_eq!(lb.get("t"), None);
+        assert_eq!(lb.get(ERROR_LABEL), Some(TEMPLATE_FORMAT_ERR));
+    }
+
+    #[test]
+    fn templates_read_every_label_through_dot() {
+        let s = stream();
+        let mut lb = LabelsBuilder::new(&s);
+        lb.add_extracted("level", "warn");
+        let f = LineFormatter::new("{{ range $k, $v := . }}{{ $k }}={{ $v }} {{ end }}{{ len . }}")
+            .unwrap();
+        assert_eq!(
+            f.process(0, "x", &mut lb).as_deref(),
+            Some("app=gw level=warn pod=p1 3")
+        );
+    }
+
+    #[test]
+    fn unknown_template_functions_fail_when_the_stage_is_built() {
+        let err = LineFormatter::new("{{ .a | sha1sum }}").unwrap_err();
+        assert!(
+            err.to_string().contains("function \"sha1sum\" not defined"),
+            "{err}"
+        );
     }
 
     #[test]

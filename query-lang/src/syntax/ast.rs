@@ -24,6 +24,20 @@ pub enum Expr {
     /// Anything returning samples: range and vector aggregations, binary operations,
     /// literals, `vector(x)`, `label_replace(...)`.
     Metric(MetricExpr),
+    /// `variants(m1, m2, ...) of (log_range)`: several metric expressions over one
+    /// read of the log range (experimental in Loki, gated per tenant).
+    Variants(VariantsExpr),
+}
+
+/// `variants(count_over_time({a="b"}[1m]), bytes_over_time({a="b"}[1m])) of ({a="b"}[1m])`.
+///
+/// The log range decides which lines are read (its selector, pipeline and window); each
+/// variant is evaluated over those lines and its series carry `__variant__="<index>"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantsExpr {
+    /// At least one.
+    pub variants: Vec<MetricExpr>,
+    pub of: LogRange,
 }
 
 /// A stream selector with its pipeline: `{app="x", env=~"p.*"} |= "err" | json`.

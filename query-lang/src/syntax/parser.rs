@@ -95,7 +95,11 @@ pub fn parse_expr(input: &str) -> Result<Expr, ParseError> {
         tokens,
         pos: 0,
     };
-    let expr = parser.binary(1)?;
+    let expr = if parser.at_kw(Keyword::Variants) {
+        Expr::Variants(parser.variants()?)
+    } else {
+        parser.binary(1)?
+    };
     if parser.pos < parser.tokens.len() {
         return Err(parser.unexpected(&[]));
     }
@@ -280,9 +284,7 @@ impl Parser<'_> {
                 Ok(metric(MetricExpr::Vector(value)))
             }
             Some(Tok::Kw(Keyword::LabelReplace)) => self.label_replace().map(metric),
-            Some(Tok::Kw(Keyword::Variants)) => Err(ParseError::invalid(
-                "variants(...) of (...) queries are not supported by this server",
-            )),
+            // `variants(...) of (...)` is a whole query, never an operand.
             _ => Err(self.unexpected(&[])),
         }
     }
@@ -291,8 +293,26 @@ impl Parser<'_> {
     fn metric_operand(&mut self) -> Parsed<MetricExpr> {
         match self.binary(1)? {
             Expr::Metric(m) => Ok(m),
-            Expr::Log(_) => Err(self.unexpected(&["RANGE"])),
+            Expr::Log(_) | Expr::Variants(_) => Err(self.unexpected(&["RANGE"])),
         }
+    }
+
+    /// `variants ( metric {, metric} ) of ( log_range )`.
+    fn variants(&mut self) -> Parsed<VariantsExpr> {
+        self.pos += 1;
+        self.expect_sym(Sym::LParen, &["("])?;
+        let mut variants = vec![self.metric_operand()?];
+        while self.eat_sym(Sym::Comma) {
+            variants.push(self.metric_operand()?);
+        }
+        self.expect_sym(Sym::RParen, &[")", ","])?;
+        if !self.eat_kw(Keyword::Of) {
+            return Err(self.unexpected(&["of"]));
+        }
+        self.expect_sym(Sym::LParen, &["("])?;
+        let of = self.log_range()?;
+        self.expect_sym(Sym::RParen, &[")"])?;
+        Ok(VariantsExpr { variants, of })
     }
 
     fn modifier(&mut self) -> Parsed<BinOpModifier> {
@@ -1043,6 +1063,11 @@ fn metric_leg(op: BinOp, side: &str, leg: Expr) -> Parsed<MetricExpr> {
                 op.as_str()
             )))
         }
+        // The parser reads `variants` only as a whole query, so no operand is one.
+        Expr::Variants(_) => Err(ParseError::invalid(format!(
+            "unexpected variants expression for {side} leg of binary operation ({})",
+            op.as_str()
+        ))),
     }
 }
 
@@ -1136,7 +1161,7 @@ fn vector_param(op: VectorOp, param: Option<&str>) -> Parsed<Option<i64>> {
                 .map_err(|_| ParseError::invalid(format!("invalid parameter {name}({p},")))?;
             if k <= 0 {
                 return Err(ParseError::invalid(format!(
-                    "invalid parameter (must be greater than 0) {name}({p},"
+                    "invalid parameter (must be greater than 0) {name}({p}"
                 )));
             }
             Ok(Some(k))

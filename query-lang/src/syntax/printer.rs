@@ -45,7 +45,21 @@ impl Display for Expr {
         match self {
             Expr::Log(selector) => selector.fmt(f),
             Expr::Metric(m) => m.fmt(f),
+            Expr::Variants(v) => v.fmt(f),
         }
+    }
+}
+
+impl Display for VariantsExpr {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        f.write_str("variants(")?;
+        for (i, v) in self.variants.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            v.fmt(f)?;
+        }
+        write!(f, ") of ({})", self.of)
     }
 }
 
