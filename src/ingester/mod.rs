@@ -304,6 +304,14 @@ impl StreamHead {
     }
 }
 
+/// Entries on their way into heads.
+struct Arriving {
+    entries: Vec<Entry>,
+    /// The entries' dedup hashes, already in their day's set (by [`Heads::check`]);
+    /// `None` (WAL replay): computed and added on append.
+    reserved: Option<Vec<u64>>,
+}
+
 /// Every tenant's heads; one lock, held only for in-memory work (never across an await).
 #[derive(Default)]
 struct Heads {
@@ -321,10 +329,11 @@ impl Heads {
         cfg: &IngesterConfig,
         tenant: &TenantId,
         labels: &LabelSet,
-        entries: Vec<Entry>,
+        arriving: Arriving,
         wal_segment: SegmentNo,
         now_ns: i64,
     ) {
+        let Arriving { entries, reserved } = arriving;
         let Heads {
             tenants,
             next_chunk_id,
@@ -335,6 +344,7 @@ impl Heads {
             .or_default()
             .entry(labels.clone())
             .or_insert_with(StreamHead::new);
+        let mut reserved = reserved.map(Vec::into_iter);
         for e in entries {
             stream.newest_ts = stream.newest_ts.max(e.timestamp_ns);
             let day = stream
@@ -348,8 +358,14 @@ impl Heads {
                 c.id = *next_chunk_id;
                 c.created_ns = now_ns;
             }
-            let h = entry_hash(&e);
-            day.seen.insert(h);
+            let h = match reserved.as_mut().and_then(Iterator::next) {
+                Some(h) => h,
+                None => {
+                    let h = entry_hash(&e);
+                    day.seen.insert(h);
+                    h
+                }
+            };
             c.hashes.push(h);
             c.head_bytes += e.line.len();
             c.head.push(e);
@@ -520,7 +536,10 @@ impl Ingester {
                 &self.cfg,
                 &record.tenant,
                 &record.labels,
-                keep,
+                Arriving {
+                    entries: keep,
+                    reserved: None,
+                },
                 segment,
                 now,
             );
@@ -570,13 +589,15 @@ impl Ingester {
         // Check and reserve under the lock, so two concurrent pushes of one entry cannot
         // both pass the duplicate check.
         let mut accepted: Vec<(LabelSet, Vec<Entry>)> = Vec::with_capacity(streams.len());
+        let mut reserved: Vec<Vec<u64>> = Vec::with_capacity(streams.len());
         {
             let mut heads = self.heads.lock();
             for (labels, entries) in streams {
-                let (keep, rejected) = heads.check(tenant, &labels, entries, window);
+                let (keep, hashes, rejected) = heads.check(tenant, &labels, entries, window);
                 outcome.rejected.extend(rejected);
                 if !keep.is_empty() {
                     accepted.push((labels, keep));
+                    reserved.push(hashes);
                 }
             }
         }
@@ -603,7 +624,7 @@ impl Ingester {
         let segment = match appended {
             Ok(n) => n,
             Err(e) => {
-                self.heads.lock().unreserve(tenant, &accepted);
+                self.heads.lock().unreserve(tenant, &accepted, &reserved);
                 return Err(e.into());
             }
         };
@@ -613,12 +634,16 @@ impl Ingester {
         let mut pushed = Vec::with_capacity(accepted.len());
         let pressed = {
             let mut heads = self.heads.lock();
-            for (labels, entries) in accepted {
+            for ((labels, entries), hashes) in accepted.into_iter().zip(reserved) {
                 outcome.accepted_entries += entries.len();
                 outcome.accepted_bytes += entries.iter().map(|e| e.line.len()).sum::<usize>();
                 let range = time_range(&entries);
                 let copy = subscribed.then(|| entries.clone());
-                heads.append(&self.cfg, tenant, &labels, entries, segment, now);
+                let arriving = Arriving {
+                    entries,
+                    reserved: Some(hashes),
+                };
+                heads.append(&self.cfg, tenant, &labels, arriving, segment, now);
                 pushed.push((labels, range, copy));
             }
             self.cfg.max_sealed_bytes > 0 && heads.sealed_total >= self.cfg.max_sealed_bytes
@@ -893,7 +918,7 @@ impl Heads {
         labels: &LabelSet,
         entries: Vec<Entry>,
         window_ns: i64,
-    ) -> (Vec<Entry>, Vec<Rejected>) {
+    ) -> (Vec<Entry>, Vec<u64>, Vec<Rejected>) {
         let stream = self
             .tenants
             .entry(tenant.clone())
@@ -901,6 +926,7 @@ impl Heads {
             .entry(labels.clone())
             .or_insert_with(StreamHead::new);
         let mut keep = Vec::with_capacity(entries.len());
+        let mut hashes = Vec::with_capacity(entries.len());
         let mut behind: Option<Rejected> = None;
         let mut dup: Option<Rejected> = None;
         for e in entries {
@@ -943,20 +969,27 @@ impl Heads {
             }
             stream.newest_ts = stream.newest_ts.max(e.timestamp_ns);
             keep.push(e);
+            hashes.push(h);
         }
-        (keep, behind.into_iter().chain(dup).collect())
+        (keep, hashes, behind.into_iter().chain(dup).collect())
     }
 
-    /// Releases dedup reservations of entries whose WAL append failed.
-    fn unreserve(&mut self, tenant: &TenantId, accepted: &[(LabelSet, Vec<Entry>)]) {
+    /// Releases dedup reservations (`reserved`: the hashes [`Heads::check`] gave, per
+    /// stream) of entries whose WAL append failed.
+    fn unreserve(
+        &mut self,
+        tenant: &TenantId,
+        accepted: &[(LabelSet, Vec<Entry>)],
+        reserved: &[Vec<u64>],
+    ) {
         let Some(t) = self.tenants.get_mut(tenant) else {
             return;
         };
-        for (labels, entries) in accepted {
+        for ((labels, entries), hashes) in accepted.iter().zip(reserved) {
             let Some(s) = t.get_mut(labels) else { continue };
-            for e in entries {
+            for (e, h) in entries.iter().zip(hashes) {
                 if let Some(d) = s.days.get_mut(&Day::of_ns(e.timestamp_ns)) {
-                    d.seen.remove(&entry_hash(e));
+                    d.seen.remove(h);
                 }
             }
         }

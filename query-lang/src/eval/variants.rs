@@ -78,7 +78,7 @@ fn scan(
         end_ns: to.saturating_add(1),
         direction: Direction::Forward,
         line_filters: &hints,
-        count_window: None,
+        count_edges: None,
     };
     let mut index: HashMap<Labels, usize> = HashMap::new();
     let mut out: Vec<(Labels, Vec<Entry>)> = Vec::new();
