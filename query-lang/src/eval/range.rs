@@ -15,7 +15,7 @@ use crate::log::label_filter::LabelFilter;
 use crate::log::labels::LabelsDelta;
 use crate::log::labels::SAMPLE_EXTRACTION_ERR;
 use crate::log::{referenced_labels, Labels, LabelsBuilder, Pipeline, Wanted, ERROR_LABEL};
-use crate::syntax::ast::{Conversion, Grouping, RangeAggregation, RangeOp};
+use crate::syntax::ast::{Conversion, Grouping, RangeAggregation, RangeOp, Stage};
 use crate::MatchOp;
 
 /// The evaluation timestamps of a query.
@@ -194,9 +194,14 @@ pub(crate) fn eval_range_agg(
     let from = grid.first_ns() - lr.offset - lr.range;
     let to = grid.last_ns() - lr.offset;
     let hints = leading_line_filters(&lr.selector.pipeline);
-    // Counts and byte sums without a pipeline only need to know which windows each
-    // line falls in: stores may count lines per span between window edges unread.
-    let countable = pipeline.is_empty()
+    // Counts and byte sums whose pipeline never looks at a line (none, or only `drop` /
+    // `keep`, as Grafana's logs volume `| drop __error__`) only need to know which windows
+    // each line falls in: stores may count lines per span between window edges unread.
+    let countable = lr
+        .selector
+        .pipeline
+        .iter()
+        .all(|s| matches!(s, Stage::Drop(_) | Stage::Keep(_)))
         && lr.unwrap.is_none()
         && matches!(
             agg.op,
@@ -368,6 +373,10 @@ fn collect_stream(
     for count in &stream.counts {
         let mut lb = LabelsBuilder::new(&stream_labels);
         lb.reset(&count.metadata);
+        // Only label stages (drop/keep) can be left: they act on labels alone.
+        if pipeline.process(count.timestamp_ns, "", &mut lb).is_none() {
+            continue;
+        }
         let value = match agg.op {
             RangeOp::BytesOverTime | RangeOp::BytesRate => count.bytes as f64,
             _ => count.lines as f64,
