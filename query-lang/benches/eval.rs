@@ -1,7 +1,8 @@
 //! Hot paths of the query engine: a line filter, the `json` and `logfmt` parsers (each
 //! through a compiled pipeline, per line), and a whole metric range query evaluated over
 //! in-memory streams. Run with `cargo bench -p query-lang --bench eval`; numbers go to
-//! `docs/benchmarks.md`.
+//! `docs/benchmarks.md`. Pipeline throughput is in bytes of raw lines (the query-lang
+//! acceptance targets are MB/s per core); metric throughput in lines.
 
 #![allow(clippy::unwrap_used)] // bench setup: a panic is the failure report
 
@@ -60,7 +61,8 @@ fn bench_pipeline(c: &mut Criterion, name: &str, query: &str, lines: &[String]) 
     let stream = LabelSet::from_pairs([("app", "bench")]).unwrap();
     let p = pipeline(query);
     let mut group = c.benchmark_group("pipeline");
-    group.throughput(Throughput::Elements(lines.len() as u64));
+    let bytes: usize = lines.iter().map(String::len).sum();
+    group.throughput(Throughput::BytesDecimal(bytes as u64));
     group.bench_function(name, |b| {
         b.iter(|| {
             let mut lb = LabelsBuilder::new(&stream);
@@ -153,9 +155,48 @@ fn metric_queries(c: &mut Criterion) {
     group.finish();
 }
 
+/// Streams for the one-million-sample rate: 4 apps × 5 pods, 50,000 lines each over one
+/// hour. Lines are short; without a pipeline their text is never read.
+fn million_samples() -> InMemorySource {
+    const PER_STREAM: usize = 50_000;
+    let mut src = InMemorySource::new();
+    for app in ["api", "gateway", "worker", "web"] {
+        for pod in 0..5 {
+            let pod = format!("{app}-{pod}");
+            let labels =
+                LabelSet::from_pairs([("app", app), ("env", "prod"), ("pod", pod.as_str())])
+                    .unwrap();
+            let step = HOUR_NS / PER_STREAM as i64;
+            src.push(
+                labels,
+                (0..PER_STREAM).map(|i| Entry {
+                    timestamp_ns: START_NS + i as i64 * step,
+                    line: format!("GET {} {}", PATHS[i % 3], 200 + (i % 5) * 100),
+                    structured_metadata: vec![],
+                }),
+            );
+        }
+    }
+    src
+}
+
+/// `sum by (app) (rate(...[5m]))` over 1,000,000 samples, step 60s: the acceptance bench
+/// of a plain metric query (run under `taskset -c 0` for the one-core figure).
+fn metric_million(c: &mut Criterion) {
+    let src = million_samples();
+    let params = QueryParams::range(START_NS, START_NS + HOUR_NS, 60_000_000_000);
+    let expr = parse_expr(r#"sum by (app) (rate({env="prod"}[5m]))"#).unwrap();
+    let mut group = c.benchmark_group("metric");
+    group.throughput(Throughput::Elements(1_000_000));
+    group.bench_function("sum_rate_by_app_1m_samples", |b| {
+        b.iter(|| black_box(eval(&expr, &params, &src).unwrap()))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = pipelines, metric_queries
+    targets = pipelines, metric_queries, metric_million
 }
 criterion_main!(benches);

@@ -6,6 +6,12 @@
 //! the same wording Loki's JSON library uses. A hand-rolled single-pass scanner is used
 //! instead of serde_json because Loki's answers depend on streaming behaviour (partial
 //! labels before an error, raw number text) and because it avoids building a tree per line.
+//!
+//! The scanner borrows keys and values from the line (strings are cut at ASCII quotes, so
+//! the pieces of a `&str` stay valid UTF-8 without re-checking) and copies only the
+//! labels it stores. Which labels are stored is separate from how much of the line is
+//! checked: [`JsonParser::probe`] checks exactly what [`JsonParser::process`] checks, so
+//! it fails on the same lines with the same error, but stores only a few names.
 
 use std::borrow::Cow;
 
@@ -25,13 +31,14 @@ const MAX_DEPTH: usize = 128;
 type JsonResult<T> = Result<T, &'static str>;
 
 struct Scanner<'l> {
+    s: &'l str,
     b: &'l [u8],
     pos: usize,
 }
 
 enum Value<'l> {
-    Str(&'l [u8], bool),
-    Raw(&'l [u8]),
+    Str(&'l str, bool),
+    Raw(&'l str),
     Null,
     Skipped,
 }
@@ -39,6 +46,7 @@ enum Value<'l> {
 impl<'l> Scanner<'l> {
     fn new(line: &'l str) -> Self {
         Scanner {
+            s: line,
             b: line.as_bytes(),
             pos: 0,
         }
@@ -60,9 +68,17 @@ impl<'l> Scanner<'l> {
         self.b.get(self.pos).copied()
     }
 
-    /// Reads a string whose opening quote is at `pos`; returns the raw bytes between the
-    /// quotes and whether they contain escapes.
-    fn string(&mut self) -> JsonResult<(&'l [u8], bool)> {
+    /// The text between two byte offsets that sit on ASCII bytes (quotes, delimiters),
+    /// hence on character boundaries.
+    #[inline]
+    fn text(&self, from: usize, to: usize) -> &'l str {
+        self.s.get(from..to).unwrap_or_default()
+    }
+
+    /// Reads a string whose opening quote is at `pos`; returns the raw text between the
+    /// quotes and whether it contains escapes.
+    #[inline]
+    fn string(&mut self) -> JsonResult<(&'l str, bool)> {
         let start = self.pos + 1;
         let mut i = start;
         let mut escaped = false;
@@ -74,7 +90,7 @@ impl<'l> Scanner<'l> {
                     let j = i + at;
                     if self.b.get(j) == Some(&b'"') {
                         self.pos = j + 1;
-                        return Ok((self.b.get(start..j).unwrap_or_default(), escaped));
+                        return Ok((self.text(start, j), escaped));
                     }
                     escaped = true;
                     i = j + 2;
@@ -83,11 +99,12 @@ impl<'l> Scanner<'l> {
         }
     }
 
-    fn scalar_end(&mut self) -> JsonResult<&'l [u8]> {
+    #[inline]
+    fn scalar_end(&mut self) -> JsonResult<&'l str> {
         let start = self.pos;
         while let Some(c) = self.peek() {
             if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                return Ok(self.b.get(start..self.pos).unwrap_or_default());
+                return Ok(self.text(start, self.pos));
             }
             self.pos += 1;
         }
@@ -95,7 +112,7 @@ impl<'l> Scanner<'l> {
     }
 
     /// Skips any value starting at `pos`, returning its raw span.
-    fn skip_value(&mut self, depth: usize) -> JsonResult<&'l [u8]> {
+    fn skip_value(&mut self, depth: usize) -> JsonResult<&'l str> {
         if depth > MAX_DEPTH {
             return Err(MALFORMED_OBJECT);
         }
@@ -167,9 +184,10 @@ impl<'l> Scanner<'l> {
             }
             _ => return Err(UNKNOWN_VALUE),
         }
-        Ok(self.b.get(start..self.pos).unwrap_or_default())
+        Ok(self.text(start, self.pos))
     }
 
+    #[inline]
     fn value(&mut self) -> JsonResult<Value<'l>> {
         match self.peek() {
             Some(b'"') => {
@@ -183,9 +201,10 @@ impl<'l> Scanner<'l> {
             Some(b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
                 let raw = self.scalar_end()?;
                 match raw {
-                    b"null" => Ok(Value::Null),
-                    b"true" | b"false" => Ok(Value::Raw(raw)),
+                    "null" => Ok(Value::Null),
+                    "true" | "false" => Ok(Value::Raw(raw)),
                     _ if raw
+                        .as_bytes()
                         .first()
                         .is_some_and(|c| *c == b'-' || c.is_ascii_digit()) =>
                     {
@@ -199,28 +218,25 @@ impl<'l> Scanner<'l> {
     }
 }
 
-/// Decodes the bytes between a JSON string's quotes, borrowing when nothing is escaped
-/// (most keys and values: no allocation per field).
-fn unescape(raw: &[u8], escaped: bool) -> JsonResult<Cow<'_, str>> {
-    if !escaped {
-        // Slices of a `&str` cut at quotes are valid UTF-8; the plain check is faster
-        // than `from_utf8_lossy`'s chunking.
-        return Ok(match std::str::from_utf8(raw) {
-            Ok(s) => Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(raw),
-        });
-    }
-    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
+/// Decodes the escapes of the text between a JSON string's quotes into `out`, or only
+/// checks them when `out` is `None` (same errors either way). Lone or unpaired UTF-16
+/// surrogates become a space, as Loki's library writes them.
+fn decode_escapes(raw: &str, mut out: Option<&mut String>) -> JsonResult<()> {
+    let b = raw.as_bytes();
     let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
-        if c != b'\\' {
-            out.push(c);
-            i += 1;
-            continue;
+    while i < b.len() {
+        let Some(at) = memchr::memchr(b'\\', b.get(i..).unwrap_or_default()) else {
+            if let Some(out) = out.as_deref_mut() {
+                out.push_str(raw.get(i..).unwrap_or_default());
+            }
+            return Ok(());
+        };
+        let j = i + at;
+        if let Some(out) = out.as_deref_mut() {
+            out.push_str(raw.get(i..j).unwrap_or_default());
         }
-        let esc = *raw.get(i + 1).ok_or(MALFORMED_ESCAPE)?;
-        i += 2;
+        let esc = *b.get(j + 1).ok_or(MALFORMED_ESCAPE)?;
+        i = j + 2;
         let ch = match esc {
             b'"' => '"',
             b'\\' => '\\',
@@ -233,14 +249,13 @@ fn unescape(raw: &[u8], escaped: bool) -> JsonResult<Cow<'_, str>> {
             b'u' => {
                 let hex = |at: usize| -> JsonResult<u32> {
                     let digits = raw.get(at..at + 4).ok_or(MALFORMED_ESCAPE)?;
-                    let s = std::str::from_utf8(digits).map_err(|_| MALFORMED_ESCAPE)?;
-                    u32::from_str_radix(s, 16).map_err(|_| MALFORMED_ESCAPE)
+                    u32::from_str_radix(digits, 16).map_err(|_| MALFORMED_ESCAPE)
                 };
                 let hi = hex(i)?;
                 i += 4;
                 if (0xD800..0xDC00).contains(&hi)
-                    && raw.get(i) == Some(&b'\\')
-                    && raw.get(i + 1) == Some(&b'u')
+                    && b.get(i) == Some(&b'\\')
+                    && b.get(i + 1) == Some(&b'u')
                 {
                     let lo = hex(i + 2)?;
                     if (0xDC00..0xE000).contains(&lo) {
@@ -256,12 +271,23 @@ fn unescape(raw: &[u8], escaped: bool) -> JsonResult<Cow<'_, str>> {
             }
             _ => return Err(MALFORMED_ESCAPE),
         };
-        let mut buf = [0u8; 4];
-        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+        if let Some(out) = out.as_deref_mut() {
+            out.push(ch);
+        }
     }
-    Ok(Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| {
-        String::from_utf8_lossy(e.as_bytes()).replace('\u{FFFD}', " ")
-    })))
+    Ok(())
+}
+
+/// Decodes the text between a JSON string's quotes, borrowing when nothing is escaped
+/// (most keys and values: no allocation per field).
+#[inline]
+fn unescape(raw: &str, escaped: bool) -> JsonResult<Cow<'_, str>> {
+    if !escaped {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = String::with_capacity(raw.len());
+    decode_escapes(raw, Some(&mut out))?;
+    Ok(Cow::Owned(out))
 }
 
 /// Which labels a `json`/`logfmt` parser needs to produce: all, or only those a metric
@@ -308,11 +334,22 @@ impl JsonParser {
 
     /// Parses `line` into `lb`, setting `JSONParserErr` on malformed input.
     pub fn process(&self, line: &str, lb: &mut LabelsBuilder<'_>) {
+        self.run(line, &self.wanted, lb);
+    }
+
+    /// Like [`Self::process`], and failing on exactly the same lines with the same error,
+    /// but storing only the labels `store` wants: the labels of that set come out as
+    /// `process` would produce them (values, `_extracted` renames, first-wins order).
+    pub(crate) fn probe(&self, line: &str, store: &Wanted, lb: &mut LabelsBuilder<'_>) {
+        self.run(line, store, lb);
+    }
+
+    fn run(&self, line: &str, store: &Wanted, lb: &mut LabelsBuilder<'_>) {
         let mut sc = Scanner::new(line);
         sc.skip_ws();
         let mut prefix = String::new();
         let result = if sc.peek() == Some(b'{') {
-            self.object(&mut sc, &mut prefix, lb, 0)
+            self.object(&mut sc, &mut prefix, store, lb, 0)
         } else {
             Err(MALFORMED_OBJECT)
         };
@@ -321,10 +358,14 @@ impl JsonParser {
         }
     }
 
+    /// Reads the object at `sc`. Which nested objects are walked and which values have
+    /// their escapes checked follows `self.wanted` (that decides which lines are
+    /// malformed); only names `store` wants are added to `lb`.
     fn object(
         &self,
         sc: &mut Scanner<'_>,
         prefix: &mut String,
+        store: &Wanted,
         lb: &mut LabelsBuilder<'_>,
         depth: usize,
     ) -> JsonResult<()> {
@@ -365,18 +406,23 @@ impl JsonParser {
             let named = !prefix.is_empty() && (prefix_len > 0 || !segment.is_empty());
             if sc.peek() == Some(b'{') {
                 if named && self.wanted.wants_prefix(prefix) {
-                    self.object(sc, prefix, lb, depth + 1)?;
+                    self.object(sc, prefix, store, lb, depth + 1)?;
                 } else {
                     sc.skip_value(depth + 1)?;
                 }
             } else {
                 match sc.value()? {
                     Value::Str(raw, escaped) if named && self.wanted.wants(prefix) => {
-                        let v = unescape(raw, escaped)?;
-                        lb.add_extracted(prefix, &v);
+                        if store.wants(prefix) {
+                            lb.add_extracted(prefix, &unescape(raw, escaped)?);
+                        } else if escaped {
+                            decode_escapes(raw, None)?;
+                        }
                     }
-                    Value::Raw(raw) if named && self.wanted.wants(prefix) => {
-                        lb.add_extracted(prefix, &unescape(raw, false)?);
+                    Value::Raw(raw)
+                        if named && self.wanted.wants(prefix) && store.wants(prefix) =>
+                    {
+                        lb.add_extracted(prefix, raw);
                     }
                     _ => {}
                 }
@@ -580,13 +626,13 @@ fn find_path(line: &str, path: &[PathSegment]) -> JsonResult<Option<String>> {
         }
     }
     let raw = sc.skip_value(1)?;
-    Ok(Some(match raw.first() {
+    Ok(Some(match raw.as_bytes().first() {
         Some(b'"') => {
             let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
-            unescape(inner, inner.contains(&b'\\'))?.into_owned()
+            unescape(inner, inner.contains('\\'))?.into_owned()
         }
-        _ if raw == b"null" => String::new(),
-        _ => String::from_utf8_lossy(raw).into_owned(),
+        _ if raw == "null" => String::new(),
+        _ => raw.to_owned(),
     }))
 }
 

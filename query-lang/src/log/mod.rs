@@ -22,7 +22,9 @@ use std::borrow::Cow;
 use regex::Regex;
 
 pub use json::Wanted;
-pub use labels::{CategorizedLabels, Labels, LabelsBuilder, ERROR_DETAILS_LABEL, ERROR_LABEL};
+pub use labels::{
+    CategorizedLabels, LabelBuffers, Labels, LabelsBuilder, ERROR_DETAILS_LABEL, ERROR_LABEL,
+};
 
 use crate::syntax::ast;
 
