@@ -30,6 +30,92 @@ const MAX_DEPTH: usize = 128;
 
 type JsonResult<T> = Result<T, &'static str>;
 
+/// Bytes that end a number, `true`, `false` or `null`.
+const ENDS_SCALAR: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b',' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b']' as usize] = true;
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    t
+};
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` equal to `b`, exact up to the lowest such byte
+/// (bytes above it may be flagged falsely): enough to find the first one.
+#[inline]
+pub(super) fn bytes_equal(x: u64, b: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(b));
+    y.wrapping_sub(ONES) & !y & HIGHS
+}
+
+/// The high bit of each byte of `x` below `n` (`n` ≤ 128), exact up to the lowest one.
+#[inline]
+pub(super) fn bytes_below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS
+}
+
+/// The first position at or after `from` whose byte `stop` flags, eight bytes at a time
+/// over the first 64 (keys and values of log lines are mostly short, and for those this
+/// beats setting up a vector search), byte by byte with `is_stop` after that.
+#[inline]
+pub(super) fn find_stop(
+    b: &[u8],
+    from: usize,
+    stop: impl Fn(u64) -> u64,
+    is_stop: impl Fn(u8) -> bool,
+) -> Option<usize> {
+    let rest = b.get(from..)?;
+    let head = rest.get(..64).unwrap_or(rest);
+    let mut chunks = head.chunks_exact(8);
+    let mut at = from;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let m = stop(word);
+        if m != 0 {
+            return Some(at + (m.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = chunks.remainder();
+    if let Some(i) = tail.iter().position(|&c| is_stop(c)) {
+        return Some(at + i);
+    }
+    at += tail.len();
+    b.get(at..)?
+        .iter()
+        .position(|&c| is_stop(c))
+        .map(|i| at + i)
+}
+
+/// The first `"` or `\\` at or after `from`: eight bytes at a time over the first 64
+/// (keys and values of log lines are mostly short, and for those this beats setting up
+/// a vector search), then a vector search.
+#[inline]
+pub(super) fn quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let m = bytes_equal(word, b'"') | bytes_equal(word, b'\\');
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+        if i - from >= 64 {
+            return memchr::memchr2(b'"', b'\\', b.get(i..)?).map(|at| i + at);
+        }
+    }
+    b.get(i..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|at| i + at)
+}
+
 struct Scanner<'l> {
     s: &'l str,
     b: &'l [u8],
@@ -83,27 +169,21 @@ impl<'l> Scanner<'l> {
         let mut i = start;
         let mut escaped = false;
         loop {
-            let rest = self.b.get(i..).ok_or(MALFORMED_STRING)?;
-            match memchr::memchr2(b'"', b'\\', rest) {
-                None => return Err(MALFORMED_STRING),
-                Some(at) => {
-                    let j = i + at;
-                    if self.b.get(j) == Some(&b'"') {
-                        self.pos = j + 1;
-                        return Ok((self.text(start, j), escaped));
-                    }
-                    escaped = true;
-                    i = j + 2;
-                }
+            let j = quote_or_backslash(self.b, i).ok_or(MALFORMED_STRING)?;
+            if self.b.get(j) == Some(&b'"') {
+                self.pos = j + 1;
+                return Ok((self.text(start, j), escaped));
             }
+            escaped = true;
+            i = j + 2;
         }
     }
 
     #[inline]
     fn scalar_end(&mut self) -> JsonResult<&'l str> {
         let start = self.pos;
-        while let Some(c) = self.peek() {
-            if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+        while let Some(&c) = self.b.get(self.pos) {
+            if ENDS_SCALAR[usize::from(c)] {
                 return Ok(self.text(start, self.pos));
             }
             self.pos += 1;
@@ -312,11 +392,44 @@ impl Wanted {
         }
     }
 
+    /// Whether no later parsed label can change what `lb` answers for any of these
+    /// names: each is already a parsed label (first wins) or a stream or metadata label
+    /// (a parser's label of that name would be renamed `_extracted`). Never for `All`.
+    pub(crate) fn settled(&self, lb: &LabelsBuilder<'_>) -> bool {
+        match self {
+            Wanted::All => false,
+            Wanted::Only(names) => names
+                .iter()
+                .all(|n| lb.has_parsed(n) || lb.is_stream_or_metadata(n)),
+        }
+    }
+
     fn wants_prefix(&self, prefix: &str) -> bool {
         match self {
             Wanted::All => true,
             Wanted::Only(names) => names.iter().any(|n| n.starts_with(prefix)),
         }
+    }
+}
+
+/// Not an error: a probe's parse ends here because every label it stores is settled.
+const SETTLED: &str = "settled";
+
+/// Where one parse puts its labels.
+struct Walk<'w, 'b, 'a> {
+    store: &'w Wanted,
+    stop: bool,
+    lb: &'b mut LabelsBuilder<'a>,
+}
+
+impl Walk<'_, '_, '_> {
+    #[inline]
+    fn add(&mut self, name: &str, value: &str) -> JsonResult<()> {
+        self.lb.add_extracted(name, value);
+        if self.stop && self.store.settled(self.lb) {
+            return Err(SETTLED);
+        }
+        Ok(())
     }
 }
 
@@ -334,28 +447,78 @@ impl JsonParser {
 
     /// Parses `line` into `lb`, setting `JSONParserErr` on malformed input.
     pub fn process(&self, line: &str, lb: &mut LabelsBuilder<'_>) {
-        self.run(line, &self.wanted, lb);
+        self.run(line, &self.wanted, false, lb);
     }
 
     /// Like [`Self::process`], and failing on exactly the same lines with the same error,
     /// but storing only the labels `store` wants: the labels of that set come out as
     /// `process` would produce them (values, `_extracted` renames, first-wins order).
-    pub(crate) fn probe(&self, line: &str, store: &Wanted, lb: &mut LabelsBuilder<'_>) {
-        self.run(line, store, lb);
+    /// With `stop_when_settled` the parse ends, without error, as soon as every name of
+    /// `store` is settled (see [`Wanted::settled`]): for callers that only read those
+    /// labels and not the error.
+    pub(crate) fn probe(
+        &self,
+        line: &str,
+        store: &Wanted,
+        stop_when_settled: bool,
+        lb: &mut LabelsBuilder<'_>,
+    ) {
+        if stop_when_settled && store.settled(lb) {
+            return;
+        }
+        self.run(line, store, stop_when_settled, lb);
     }
 
-    fn run(&self, line: &str, store: &Wanted, lb: &mut LabelsBuilder<'_>) {
+    fn run(&self, line: &str, store: &Wanted, stop: bool, lb: &mut LabelsBuilder<'_>) {
         let mut sc = Scanner::new(line);
         sc.skip_ws();
-        let mut prefix = String::new();
+        let mut prefix = lb.take_scratch();
+        let mut walk = Walk { store, stop, lb };
         let result = if sc.peek() == Some(b'{') {
-            self.object(&mut sc, &mut prefix, store, lb, 0)
+            self.object(&mut sc, &mut prefix, &mut walk, 0)
         } else {
             Err(MALFORMED_OBJECT)
         };
-        if let Err(details) = result {
-            lb.set_error(JSON_PARSER_ERR, details);
+        lb.put_scratch(prefix);
+        match result {
+            Ok(()) => {}
+            Err(details) if details == SETTLED => {}
+            Err(details) => lb.set_error(JSON_PARSER_ERR, details),
         }
+    }
+
+    /// Reads the non-object value at `sc`, storing it as `name` when it has one that is
+    /// wanted.
+    #[inline]
+    fn field(
+        &self,
+        sc: &mut Scanner<'_>,
+        name: Option<&str>,
+        walk: &mut Walk<'_, '_, '_>,
+    ) -> JsonResult<()> {
+        let name = name.filter(|n| self.wanted.wants(n));
+        match sc.value()? {
+            Value::Str(raw, escaped) => {
+                if let Some(name) = name {
+                    if walk.store.wants(name) {
+                        if escaped {
+                            walk.add(name, &unescape(raw, true)?)?;
+                        } else {
+                            walk.add(name, raw)?;
+                        }
+                    } else if escaped {
+                        decode_escapes(raw, None)?;
+                    }
+                }
+            }
+            Value::Raw(raw) => {
+                if let Some(name) = name.filter(|n| walk.store.wants(n)) {
+                    walk.add(name, raw)?;
+                }
+            }
+            Value::Null | Value::Skipped => {}
+        }
+        Ok(())
     }
 
     /// Reads the object at `sc`. Which nested objects are walked and which values have
@@ -365,8 +528,7 @@ impl JsonParser {
         &self,
         sc: &mut Scanner<'_>,
         prefix: &mut String,
-        store: &Wanted,
-        lb: &mut LabelsBuilder<'_>,
+        walk: &mut Walk<'_, '_, '_>,
         depth: usize,
     ) -> JsonResult<()> {
         if depth > MAX_DEPTH {
@@ -391,43 +553,38 @@ impl JsonParser {
             }
             sc.pos += 1;
             sc.skip_ws();
-            let key = unescape(raw_key, key_escaped)?;
-            let segment = if is_clean_label_name(&key) {
-                key
+            let key = if key_escaped {
+                unescape(raw_key, true)?
             } else {
-                Cow::Owned(sanitize_label_name(&key))
+                Cow::Borrowed(raw_key)
             };
-            if !segment.is_empty() {
-                if !prefix.is_empty() {
-                    prefix.push('_');
-                }
-                prefix.push_str(&segment);
-            }
-            let named = !prefix.is_empty() && (prefix_len > 0 || !segment.is_empty());
-            if sc.peek() == Some(b'{') {
-                if named && self.wanted.wants_prefix(prefix) {
-                    self.object(sc, prefix, store, lb, depth + 1)?;
-                } else {
-                    sc.skip_value(depth + 1)?;
-                }
+            if prefix_len == 0 && sc.peek() != Some(b'{') && is_clean_label_name(&key) {
+                // The common case, a top-level field with a clean key: its name is the key.
+                self.field(sc, Some(&key), walk)?;
             } else {
-                match sc.value()? {
-                    Value::Str(raw, escaped) if named && self.wanted.wants(prefix) => {
-                        if store.wants(prefix) {
-                            lb.add_extracted(prefix, &unescape(raw, escaped)?);
-                        } else if escaped {
-                            decode_escapes(raw, None)?;
-                        }
+                let segment = if is_clean_label_name(&key) {
+                    key
+                } else {
+                    Cow::Owned(sanitize_label_name(&key))
+                };
+                if !segment.is_empty() {
+                    if !prefix.is_empty() {
+                        prefix.push('_');
                     }
-                    Value::Raw(raw)
-                        if named && self.wanted.wants(prefix) && store.wants(prefix) =>
-                    {
-                        lb.add_extracted(prefix, raw);
-                    }
-                    _ => {}
+                    prefix.push_str(&segment);
                 }
+                let named = !prefix.is_empty() && (prefix_len > 0 || !segment.is_empty());
+                if sc.peek() == Some(b'{') {
+                    if named && self.wanted.wants_prefix(prefix) {
+                        self.object(sc, prefix, walk, depth + 1)?;
+                    } else {
+                        sc.skip_value(depth + 1)?;
+                    }
+                } else {
+                    self.field(sc, named.then_some(prefix.as_str()), walk)?;
+                }
+                prefix.truncate(prefix_len);
             }
-            prefix.truncate(prefix_len);
             sc.skip_ws();
             match sc.peek() {
                 Some(b',') => sc.pos += 1,

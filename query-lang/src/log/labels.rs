@@ -47,6 +47,20 @@ pub struct CategorizedLabels {
 struct Parsed {
     slots: Vec<(String, String)>,
     len: usize,
+    // One bit per live name (see `name_bit`): most "is it already there?" questions are
+    // answered without comparing strings.
+    mask: u64,
+    // Reusable text for parsers (the JSON parser's flattened key prefix).
+    scratch: String,
+}
+
+/// A bit standing for `name` in a 64-bit set of names; different names may share one.
+#[inline]
+fn name_bit(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let first = b.first().copied().unwrap_or(0) as usize;
+    let last = b.last().copied().unwrap_or(0) as usize;
+    1u64 << ((b.len() ^ first.wrapping_mul(7) ^ last.wrapping_mul(13)) & 63)
 }
 
 impl Parsed {
@@ -60,25 +74,43 @@ impl Parsed {
         self.slots.get_mut(..self.len).unwrap_or_default()
     }
 
+    #[inline]
+    fn contains(&self, name: &str) -> bool {
+        self.mask & name_bit(name) != 0 && self.as_slice().iter().any(|(k, _)| k == name)
+    }
+
     fn clear(&mut self) {
         self.len = 0;
+        self.mask = 0;
     }
 
     fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        if len < self.len {
+            self.len = len;
+            self.remask();
+        }
     }
 
+    fn remask(&mut self) {
+        self.mask = self.as_slice().iter().fold(0, |m, (k, _)| m | name_bit(k));
+    }
+
+    #[inline]
     fn push(&mut self, name: &str, suffix: &str, value: &str) {
         if let Some((k, v)) = self.slots.get_mut(self.len) {
             k.clear();
             k.push_str(name);
-            k.push_str(suffix);
+            if !suffix.is_empty() {
+                k.push_str(suffix);
+            }
             v.clear();
             v.push_str(value);
+            self.mask |= name_bit(k);
         } else {
             let mut k = String::with_capacity(name.len() + suffix.len());
             k.push_str(name);
             k.push_str(suffix);
+            self.mask |= name_bit(&k);
             self.slots.push((k, value.to_owned()));
         }
         self.len += 1;
@@ -105,6 +137,7 @@ impl Parsed {
                 i += 1;
             }
         }
+        self.remask();
     }
 }
 
@@ -115,6 +148,8 @@ impl Parsed {
 #[derive(Debug)]
 pub struct LabelsBuilder<'a> {
     stream: &'a LabelSet,
+    // `name_bit`s of the stream's label names.
+    stream_mask: u64,
     metadata: &'a [(String, String)],
     parsed: Parsed,
     // Stream or metadata names removed by `drop`, `keep` or a `label_format` rename.
@@ -159,6 +194,7 @@ impl<'a> LabelsBuilder<'a> {
         parsed.clear();
         LabelsBuilder {
             stream,
+            stream_mask: stream.iter().fold(0, |m, (k, _)| m | name_bit(k)),
             metadata: &[],
             parsed,
             hidden: Vec::new(),
@@ -224,18 +260,44 @@ impl<'a> LabelsBuilder<'a> {
 
     /// Whether `name` is a (not removed) stream label or structured-metadata key: a parser
     /// producing the same name must suffix it with `_extracted`.
+    #[inline]
     pub fn is_stream_or_metadata(&self, name: &str) -> bool {
+        if self.metadata.is_empty() && self.stream_mask & name_bit(name) == 0 {
+            return false;
+        }
         self.base_get(name).is_some()
     }
 
     /// Whether a parser already produced `name` for this line.
     pub fn has_parsed(&self, name: &str) -> bool {
-        self.parsed.as_slice().iter().any(|(k, _)| k == name)
+        self.parsed.contains(name)
+    }
+
+    /// A reusable string for a parser's own bookkeeping; give it back with
+    /// [`Self::put_scratch`] so the next line reuses its capacity.
+    pub(crate) fn take_scratch(&mut self) -> String {
+        let mut s = std::mem::take(&mut self.parsed.scratch);
+        s.clear();
+        s
+    }
+
+    /// Returns the string of [`Self::take_scratch`].
+    pub(crate) fn put_scratch(&mut self, s: String) {
+        self.parsed.scratch = s;
     }
 
     /// Adds a label produced by a parser: suffixed with `_extracted` when it collides with
     /// a stream or metadata label, and ignored when a parser already set it (first wins).
+    #[inline]
     pub fn add_extracted(&mut self, name: &str, value: &str) {
+        let bit = name_bit(name);
+        if self.metadata.is_empty() && self.stream_mask & bit == 0 {
+            // Neither a stream nor a metadata label: the common case.
+            if self.parsed.mask & bit == 0 || !self.parsed.contains(name) {
+                self.parsed.push(name, "", value);
+            }
+            return;
+        }
         if self.is_stream_or_metadata(name) {
             let taken = self.parsed.as_slice().iter().any(|(k, _)| {
                 k.strip_suffix(EXTRACTED_SUFFIX)
@@ -485,9 +547,27 @@ pub fn sanitize_label_name(raw: &str) -> String {
     out
 }
 
+/// Bytes allowed in a label name: `[A-Za-z0-9_]`.
+const NAME_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'_';
+        i += 1;
+    }
+    t
+};
+
 /// True when `raw` is already a valid label name (the common case: no allocation needed).
+#[inline]
 pub(crate) fn is_clean_label_name(raw: &str) -> bool {
-    lode_push::labels::is_valid_label_name(raw)
+    let b = raw.as_bytes();
+    match b.first() {
+        Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {}
+        _ => return false,
+    }
+    b.iter().all(|&c| NAME_BYTE[usize::from(c)])
 }
 
 #[cfg(test)]
