@@ -49,48 +49,9 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 /// The high bit of each byte of `x` equal to `b`, exact up to the lowest such byte
 /// (bytes above it may be flagged falsely): enough to find the first one.
 #[inline]
-pub(super) fn bytes_equal(x: u64, b: u8) -> u64 {
+fn bytes_equal(x: u64, b: u8) -> u64 {
     let y = x ^ (ONES * u64::from(b));
     y.wrapping_sub(ONES) & !y & HIGHS
-}
-
-/// The high bit of each byte of `x` below `n` (`n` ≤ 128), exact up to the lowest one.
-#[inline]
-pub(super) fn bytes_below(x: u64, n: u8) -> u64 {
-    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS
-}
-
-/// The first position at or after `from` whose byte `stop` flags, eight bytes at a time
-/// over the first 64 (keys and values of log lines are mostly short, and for those this
-/// beats setting up a vector search), byte by byte with `is_stop` after that.
-#[inline]
-pub(super) fn find_stop(
-    b: &[u8],
-    from: usize,
-    stop: impl Fn(u64) -> u64,
-    is_stop: impl Fn(u8) -> bool,
-) -> Option<usize> {
-    let rest = b.get(from..)?;
-    let head = rest.get(..64).unwrap_or(rest);
-    let mut chunks = head.chunks_exact(8);
-    let mut at = from;
-    for chunk in &mut chunks {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        let m = stop(word);
-        if m != 0 {
-            return Some(at + (m.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    let tail = chunks.remainder();
-    if let Some(i) = tail.iter().position(|&c| is_stop(c)) {
-        return Some(at + i);
-    }
-    at += tail.len();
-    b.get(at..)?
-        .iter()
-        .position(|&c| is_stop(c))
-        .map(|i| at + i)
 }
 
 /// The first `"` or `\\` at or after `from`: eight bytes at a time over the first 64
