@@ -95,12 +95,19 @@ impl Parsed {
         self.mask = self.as_slice().iter().fold(0, |m, (k, _)| m | name_bit(k));
     }
 
+    /// Adds `name` (with `suffix`) = `value`. Lines of a stream mostly repeat the keys
+    /// of the line before, so a slot already holding the name is not rewritten.
     #[inline]
     fn push(&mut self, name: &str, suffix: &str, value: &str) {
         if let Some((k, v)) = self.slots.get_mut(self.len) {
-            k.clear();
-            k.push_str(name);
-            if !suffix.is_empty() {
+            if suffix.is_empty() {
+                if k != name {
+                    k.clear();
+                    k.push_str(name);
+                }
+            } else {
+                k.clear();
+                k.push_str(name);
                 k.push_str(suffix);
             }
             v.clear();
