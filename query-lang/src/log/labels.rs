@@ -276,6 +276,7 @@ impl<'a> LabelsBuilder<'a> {
     }
 
     /// Whether a parser already produced `name` for this line.
+    #[inline]
     pub fn has_parsed(&self, name: &str) -> bool {
         self.parsed.contains(name)
     }
