@@ -9,7 +9,7 @@ use lode_push::LabelSet;
 use super::result::{EntryLabels, LogEntry, QueryResult, Stream};
 use super::source::{BatchIter, Direction, EntryBatch, LogSource, SelectRequest};
 use super::{EvalError, QueryParams};
-use crate::log::{Labels, LabelsBuilder, Pipeline};
+use crate::log::{LabelBuffers, Labels, LabelsBuilder, Pipeline};
 use crate::syntax::ast::{LineFilter, LogSelector, Stage};
 
 /// The line filters at the head of a pipeline: every returned line passes them, so a
@@ -30,6 +30,8 @@ struct Cursor {
     batch: Option<EntryBatch>,
     // Next position inside `batch`, counted in the query direction.
     next: usize,
+    // Label storage reused from line to line.
+    buffers: LabelBuffers,
 }
 
 struct Head {
@@ -104,9 +106,11 @@ impl Cursor {
             if entry.timestamp_ns < params.start_ns || entry.timestamp_ns >= params.end_ns {
                 continue;
             }
-            let mut lb = LabelsBuilder::new(&self.labels);
+            let mut lb =
+                LabelsBuilder::with_buffers(&self.labels, std::mem::take(&mut self.buffers));
             lb.reset(&entry.structured_metadata);
             let Some(line) = pipeline.process(entry.timestamp_ns, &entry.line, &mut lb) else {
+                self.buffers = lb.into_buffers();
                 continue;
             };
             let (key, categorized) = if params.categorize_labels {
@@ -123,10 +127,12 @@ impl Cursor {
             } else {
                 (lb.labels(), None)
             };
+            let line = line.into_owned();
+            self.buffers = lb.into_buffers();
             return Ok(Some(Head {
                 ts: entry.timestamp_ns,
                 cursor: idx,
-                line: line.into_owned(),
+                line,
                 key,
                 categorized,
             }));
@@ -158,6 +164,7 @@ pub(crate) fn eval_log(
             batches: s.batches,
             batch: None,
             next: 0,
+            buffers: LabelBuffers::default(),
         })
         .collect();
     let fast_keys: Vec<Labels> = cursors.iter().map(|c| c.labels.pairs().to_vec()).collect();

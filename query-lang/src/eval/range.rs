@@ -386,12 +386,13 @@ fn collect_stream(
     }
     for batch in stream.batches {
         let batch = batch?;
+        // One builder per batch: its label storage is reused line after line.
+        let mut lb = LabelsBuilder::new(&stream_labels);
         for entry in batch.as_slice() {
             let ts = entry.timestamp_ns;
             if ts <= from || ts > to {
                 continue;
             }
-            let mut lb = LabelsBuilder::new(&stream_labels);
             lb.reset(&entry.structured_metadata);
             let Some(line) = pipeline.process(ts, &entry.line, &mut lb) else {
                 continue;

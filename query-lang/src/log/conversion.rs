@@ -5,8 +5,31 @@
 //! functions `bytes`/`duration`. Error texts follow Go's so `__error_details__` reads
 //! like Loki's.
 
+/// `digits` as a number when it is 1 to 15 ASCII digits, which an f64 holds exactly:
+/// summing them gives what a float parser would, in a fraction of its time.
+#[inline]
+fn short_integer(digits: &str) -> Option<f64> {
+    if (1..=15).contains(&digits.len()) && digits.bytes().all(|c| c.is_ascii_digit()) {
+        Some(
+            digits
+                .bytes()
+                .fold(0u64, |n, c| n * 10 + u64::from(c - b'0')) as f64,
+        )
+    } else {
+        None
+    }
+}
+
 /// `strconv.ParseFloat(s, 64)`.
 pub fn parse_float(s: &str) -> Result<f64, String> {
+    // Most label values compared as numbers are short integers (`status`, `latency_ms`).
+    let (negative, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    if let Some(n) = short_integer(digits) {
+        return Ok(if negative { -n } else { n });
+    }
     let invalid = || format!("strconv.ParseFloat: parsing {s:?}: invalid syntax");
     if s.is_empty() || s.contains('_') || s.starts_with("0x") || s.starts_with("0X") {
         return Err(invalid());
@@ -40,7 +63,10 @@ pub fn parse_duration_seconds(s: &str) -> Result<f64, String> {
         if num.is_empty() || num == "." {
             return Err(invalid());
         }
-        let value: f64 = num.parse().map_err(|_| invalid())?;
+        let value: f64 = match short_integer(num) {
+            Some(v) => v,
+            None => num.parse().map_err(|_| invalid())?,
+        };
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -115,6 +141,22 @@ mod tests {
         assert_eq!(parse_bytes("5 mb").unwrap(), 5_000_000.0);
         assert_eq!(parse_bytes("1,000").unwrap(), 1000.0);
         assert!(parse_bytes("lots").is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn integer_shortcut_reads_what_the_float_parser_reads(
+                s in "-?[0-9]{1,17}"
+            ) {
+                let want: f64 = s.parse().unwrap();
+                let got = parse_float(&s).unwrap();
+                prop_assert_eq!(got.to_bits(), want.to_bits());
+            }
+        }
     }
 
     #[test]

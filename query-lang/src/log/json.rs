@@ -6,6 +6,12 @@
 //! the same wording Loki's JSON library uses. A hand-rolled single-pass scanner is used
 //! instead of serde_json because Loki's answers depend on streaming behaviour (partial
 //! labels before an error, raw number text) and because it avoids building a tree per line.
+//!
+//! The scanner borrows keys and values from the line (strings are cut at ASCII quotes, so
+//! the pieces of a `&str` stay valid UTF-8 without re-checking) and copies only the
+//! labels it stores. Which labels are stored is separate from how much of the line is
+//! checked: [`JsonParser::probe`] checks exactly what [`JsonParser::process`] checks, so
+//! it fails on the same lines with the same error, but stores only a few names.
 
 use std::borrow::Cow;
 
@@ -24,14 +30,62 @@ const MAX_DEPTH: usize = 128;
 
 type JsonResult<T> = Result<T, &'static str>;
 
+/// Bytes that end a number, `true`, `false` or `null`.
+const ENDS_SCALAR: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b',' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b']' as usize] = true;
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    t
+};
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` equal to `b`, exact up to the lowest such byte
+/// (bytes above it may be flagged falsely): enough to find the first one.
+#[inline]
+fn bytes_equal(x: u64, b: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(b));
+    y.wrapping_sub(ONES) & !y & HIGHS
+}
+
+/// The first `"` or `\\` at or after `from`: eight bytes at a time over the first 64
+/// (keys and values of log lines are mostly short, and for those this beats setting up
+/// a vector search), then a vector search.
+#[inline]
+pub(super) fn quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let m = bytes_equal(word, b'"') | bytes_equal(word, b'\\');
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+        if i - from >= 64 {
+            return memchr::memchr2(b'"', b'\\', b.get(i..)?).map(|at| i + at);
+        }
+    }
+    b.get(i..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|at| i + at)
+}
+
 struct Scanner<'l> {
+    s: &'l str,
     b: &'l [u8],
     pos: usize,
 }
 
 enum Value<'l> {
-    Str(&'l [u8], bool),
-    Raw(&'l [u8]),
+    Str(&'l str, bool),
+    Raw(&'l str),
     Null,
     Skipped,
 }
@@ -39,6 +93,7 @@ enum Value<'l> {
 impl<'l> Scanner<'l> {
     fn new(line: &'l str) -> Self {
         Scanner {
+            s: line,
             b: line.as_bytes(),
             pos: 0,
         }
@@ -60,34 +115,37 @@ impl<'l> Scanner<'l> {
         self.b.get(self.pos).copied()
     }
 
-    /// Reads a string whose opening quote is at `pos`; returns the raw bytes between the
-    /// quotes and whether they contain escapes.
-    fn string(&mut self) -> JsonResult<(&'l [u8], bool)> {
+    /// The text between two byte offsets that sit on ASCII bytes (quotes, delimiters),
+    /// hence on character boundaries.
+    #[inline]
+    fn text(&self, from: usize, to: usize) -> &'l str {
+        self.s.get(from..to).unwrap_or_default()
+    }
+
+    /// Reads a string whose opening quote is at `pos`; returns the raw text between the
+    /// quotes and whether it contains escapes.
+    #[inline]
+    fn string(&mut self) -> JsonResult<(&'l str, bool)> {
         let start = self.pos + 1;
         let mut i = start;
         let mut escaped = false;
         loop {
-            let rest = self.b.get(i..).ok_or(MALFORMED_STRING)?;
-            match memchr::memchr2(b'"', b'\\', rest) {
-                None => return Err(MALFORMED_STRING),
-                Some(at) => {
-                    let j = i + at;
-                    if self.b.get(j) == Some(&b'"') {
-                        self.pos = j + 1;
-                        return Ok((self.b.get(start..j).unwrap_or_default(), escaped));
-                    }
-                    escaped = true;
-                    i = j + 2;
-                }
+            let j = quote_or_backslash(self.b, i).ok_or(MALFORMED_STRING)?;
+            if self.b.get(j) == Some(&b'"') {
+                self.pos = j + 1;
+                return Ok((self.text(start, j), escaped));
             }
+            escaped = true;
+            i = j + 2;
         }
     }
 
-    fn scalar_end(&mut self) -> JsonResult<&'l [u8]> {
+    #[inline]
+    fn scalar_end(&mut self) -> JsonResult<&'l str> {
         let start = self.pos;
-        while let Some(c) = self.peek() {
-            if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                return Ok(self.b.get(start..self.pos).unwrap_or_default());
+        while let Some(&c) = self.b.get(self.pos) {
+            if ENDS_SCALAR[usize::from(c)] {
+                return Ok(self.text(start, self.pos));
             }
             self.pos += 1;
         }
@@ -95,7 +153,7 @@ impl<'l> Scanner<'l> {
     }
 
     /// Skips any value starting at `pos`, returning its raw span.
-    fn skip_value(&mut self, depth: usize) -> JsonResult<&'l [u8]> {
+    fn skip_value(&mut self, depth: usize) -> JsonResult<&'l str> {
         if depth > MAX_DEPTH {
             return Err(MALFORMED_OBJECT);
         }
@@ -167,9 +225,10 @@ impl<'l> Scanner<'l> {
             }
             _ => return Err(UNKNOWN_VALUE),
         }
-        Ok(self.b.get(start..self.pos).unwrap_or_default())
+        Ok(self.text(start, self.pos))
     }
 
+    #[inline]
     fn value(&mut self) -> JsonResult<Value<'l>> {
         match self.peek() {
             Some(b'"') => {
@@ -183,9 +242,10 @@ impl<'l> Scanner<'l> {
             Some(b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
                 let raw = self.scalar_end()?;
                 match raw {
-                    b"null" => Ok(Value::Null),
-                    b"true" | b"false" => Ok(Value::Raw(raw)),
+                    "null" => Ok(Value::Null),
+                    "true" | "false" => Ok(Value::Raw(raw)),
                     _ if raw
+                        .as_bytes()
                         .first()
                         .is_some_and(|c| *c == b'-' || c.is_ascii_digit()) =>
                     {
@@ -199,28 +259,25 @@ impl<'l> Scanner<'l> {
     }
 }
 
-/// Decodes the bytes between a JSON string's quotes, borrowing when nothing is escaped
-/// (most keys and values: no allocation per field).
-fn unescape(raw: &[u8], escaped: bool) -> JsonResult<Cow<'_, str>> {
-    if !escaped {
-        // Slices of a `&str` cut at quotes are valid UTF-8; the plain check is faster
-        // than `from_utf8_lossy`'s chunking.
-        return Ok(match std::str::from_utf8(raw) {
-            Ok(s) => Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(raw),
-        });
-    }
-    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
+/// Decodes the escapes of the text between a JSON string's quotes into `out`, or only
+/// checks them when `out` is `None` (same errors either way). Lone or unpaired UTF-16
+/// surrogates become a space, as Loki's library writes them.
+fn decode_escapes(raw: &str, mut out: Option<&mut String>) -> JsonResult<()> {
+    let b = raw.as_bytes();
     let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
-        if c != b'\\' {
-            out.push(c);
-            i += 1;
-            continue;
+    while i < b.len() {
+        let Some(at) = memchr::memchr(b'\\', b.get(i..).unwrap_or_default()) else {
+            if let Some(out) = out.as_deref_mut() {
+                out.push_str(raw.get(i..).unwrap_or_default());
+            }
+            return Ok(());
+        };
+        let j = i + at;
+        if let Some(out) = out.as_deref_mut() {
+            out.push_str(raw.get(i..j).unwrap_or_default());
         }
-        let esc = *raw.get(i + 1).ok_or(MALFORMED_ESCAPE)?;
-        i += 2;
+        let esc = *b.get(j + 1).ok_or(MALFORMED_ESCAPE)?;
+        i = j + 2;
         let ch = match esc {
             b'"' => '"',
             b'\\' => '\\',
@@ -233,14 +290,13 @@ fn unescape(raw: &[u8], escaped: bool) -> JsonResult<Cow<'_, str>> {
             b'u' => {
                 let hex = |at: usize| -> JsonResult<u32> {
                     let digits = raw.get(at..at + 4).ok_or(MALFORMED_ESCAPE)?;
-                    let s = std::str::from_utf8(digits).map_err(|_| MALFORMED_ESCAPE)?;
-                    u32::from_str_radix(s, 16).map_err(|_| MALFORMED_ESCAPE)
+                    u32::from_str_radix(digits, 16).map_err(|_| MALFORMED_ESCAPE)
                 };
                 let hi = hex(i)?;
                 i += 4;
                 if (0xD800..0xDC00).contains(&hi)
-                    && raw.get(i) == Some(&b'\\')
-                    && raw.get(i + 1) == Some(&b'u')
+                    && b.get(i) == Some(&b'\\')
+                    && b.get(i + 1) == Some(&b'u')
                 {
                     let lo = hex(i + 2)?;
                     if (0xDC00..0xE000).contains(&lo) {
@@ -256,12 +312,23 @@ fn unescape(raw: &[u8], escaped: bool) -> JsonResult<Cow<'_, str>> {
             }
             _ => return Err(MALFORMED_ESCAPE),
         };
-        let mut buf = [0u8; 4];
-        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+        if let Some(out) = out.as_deref_mut() {
+            out.push(ch);
+        }
     }
-    Ok(Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| {
-        String::from_utf8_lossy(e.as_bytes()).replace('\u{FFFD}', " ")
-    })))
+    Ok(())
+}
+
+/// Decodes the text between a JSON string's quotes, borrowing when nothing is escaped
+/// (most keys and values: no allocation per field).
+#[inline]
+fn unescape(raw: &str, escaped: bool) -> JsonResult<Cow<'_, str>> {
+    if !escaped {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = String::with_capacity(raw.len());
+    decode_escapes(raw, Some(&mut out))?;
+    Ok(Cow::Owned(out))
 }
 
 /// Which labels a `json`/`logfmt` parser needs to produce: all, or only those a metric
@@ -286,11 +353,44 @@ impl Wanted {
         }
     }
 
+    /// Whether no later parsed label can change what `lb` answers for any of these
+    /// names: each is already a parsed label (first wins) or a stream or metadata label
+    /// (a parser's label of that name would be renamed `_extracted`). Never for `All`.
+    pub(crate) fn settled(&self, lb: &LabelsBuilder<'_>) -> bool {
+        match self {
+            Wanted::All => false,
+            Wanted::Only(names) => names
+                .iter()
+                .all(|n| lb.has_parsed(n) || lb.is_stream_or_metadata(n)),
+        }
+    }
+
     fn wants_prefix(&self, prefix: &str) -> bool {
         match self {
             Wanted::All => true,
             Wanted::Only(names) => names.iter().any(|n| n.starts_with(prefix)),
         }
+    }
+}
+
+/// Not an error: a probe's parse ends here because every label it stores is settled.
+const SETTLED: &str = "settled";
+
+/// Where one parse puts its labels.
+struct Walk<'w, 'b, 'a> {
+    store: &'w Wanted,
+    stop: bool,
+    lb: &'b mut LabelsBuilder<'a>,
+}
+
+impl Walk<'_, '_, '_> {
+    #[inline]
+    fn add(&mut self, name: &str, value: &str) -> JsonResult<()> {
+        self.lb.add_extracted(name, value);
+        if self.stop && self.store.settled(self.lb) {
+            return Err(SETTLED);
+        }
+        Ok(())
     }
 }
 
@@ -308,24 +408,88 @@ impl JsonParser {
 
     /// Parses `line` into `lb`, setting `JSONParserErr` on malformed input.
     pub fn process(&self, line: &str, lb: &mut LabelsBuilder<'_>) {
+        self.run(line, &self.wanted, false, lb);
+    }
+
+    /// Like [`Self::process`], and failing on exactly the same lines with the same error,
+    /// but storing only the labels `store` wants: the labels of that set come out as
+    /// `process` would produce them (values, `_extracted` renames, first-wins order).
+    /// With `stop_when_settled` the parse ends, without error, as soon as every name of
+    /// `store` is settled (see [`Wanted::settled`]): for callers that only read those
+    /// labels and not the error.
+    pub(crate) fn probe(
+        &self,
+        line: &str,
+        store: &Wanted,
+        stop_when_settled: bool,
+        lb: &mut LabelsBuilder<'_>,
+    ) {
+        if stop_when_settled && store.settled(lb) {
+            return;
+        }
+        self.run(line, store, stop_when_settled, lb);
+    }
+
+    fn run(&self, line: &str, store: &Wanted, stop: bool, lb: &mut LabelsBuilder<'_>) {
         let mut sc = Scanner::new(line);
         sc.skip_ws();
-        let mut prefix = String::new();
+        let mut prefix = lb.take_scratch();
+        let mut walk = Walk { store, stop, lb };
         let result = if sc.peek() == Some(b'{') {
-            self.object(&mut sc, &mut prefix, lb, 0)
+            self.object(&mut sc, &mut prefix, &mut walk, 0)
         } else {
             Err(MALFORMED_OBJECT)
         };
-        if let Err(details) = result {
-            lb.set_error(JSON_PARSER_ERR, details);
+        lb.put_scratch(prefix);
+        match result {
+            Ok(()) => {}
+            Err(details) if details == SETTLED => {}
+            Err(details) => lb.set_error(JSON_PARSER_ERR, details),
         }
     }
 
+    /// Reads the non-object value at `sc`, storing it as `name` when it has one that is
+    /// wanted.
+    #[inline]
+    fn field(
+        &self,
+        sc: &mut Scanner<'_>,
+        name: Option<&str>,
+        walk: &mut Walk<'_, '_, '_>,
+    ) -> JsonResult<()> {
+        let name = name.filter(|n| self.wanted.wants(n));
+        match sc.value()? {
+            Value::Str(raw, escaped) => {
+                if let Some(name) = name {
+                    if walk.store.wants(name) {
+                        if escaped {
+                            walk.add(name, &unescape(raw, true)?)?;
+                        } else {
+                            walk.add(name, raw)?;
+                        }
+                    } else if escaped {
+                        decode_escapes(raw, None)?;
+                    }
+                }
+            }
+            Value::Raw(raw) => {
+                if let Some(name) = name.filter(|n| walk.store.wants(n)) {
+                    walk.add(name, raw)?;
+                }
+            }
+            Value::Null | Value::Skipped => {}
+        }
+        Ok(())
+    }
+
+    /// Reads the object at `sc`. Which nested objects are walked and which values have
+    /// their escapes checked follows `self.wanted` (that decides which lines are
+    /// malformed); only names `store` wants are added to `lb`.
     fn object(
         &self,
         sc: &mut Scanner<'_>,
         prefix: &mut String,
-        lb: &mut LabelsBuilder<'_>,
+        walk: &mut Walk<'_, '_, '_>,
         depth: usize,
     ) -> JsonResult<()> {
         if depth > MAX_DEPTH {
@@ -350,38 +514,38 @@ impl JsonParser {
             }
             sc.pos += 1;
             sc.skip_ws();
-            let key = unescape(raw_key, key_escaped)?;
-            let segment = if is_clean_label_name(&key) {
-                key
+            let key = if key_escaped {
+                unescape(raw_key, true)?
             } else {
-                Cow::Owned(sanitize_label_name(&key))
+                Cow::Borrowed(raw_key)
             };
-            if !segment.is_empty() {
-                if !prefix.is_empty() {
-                    prefix.push('_');
-                }
-                prefix.push_str(&segment);
-            }
-            let named = !prefix.is_empty() && (prefix_len > 0 || !segment.is_empty());
-            if sc.peek() == Some(b'{') {
-                if named && self.wanted.wants_prefix(prefix) {
-                    self.object(sc, prefix, lb, depth + 1)?;
-                } else {
-                    sc.skip_value(depth + 1)?;
-                }
+            if prefix_len == 0 && sc.peek() != Some(b'{') && is_clean_label_name(&key) {
+                // The common case, a top-level field with a clean key: its name is the key.
+                self.field(sc, Some(&key), walk)?;
             } else {
-                match sc.value()? {
-                    Value::Str(raw, escaped) if named && self.wanted.wants(prefix) => {
-                        let v = unescape(raw, escaped)?;
-                        lb.add_extracted(prefix, &v);
+                let segment = if is_clean_label_name(&key) {
+                    key
+                } else {
+                    Cow::Owned(sanitize_label_name(&key))
+                };
+                if !segment.is_empty() {
+                    if !prefix.is_empty() {
+                        prefix.push('_');
                     }
-                    Value::Raw(raw) if named && self.wanted.wants(prefix) => {
-                        lb.add_extracted(prefix, &unescape(raw, false)?);
-                    }
-                    _ => {}
+                    prefix.push_str(&segment);
                 }
+                let named = !prefix.is_empty() && (prefix_len > 0 || !segment.is_empty());
+                if sc.peek() == Some(b'{') {
+                    if named && self.wanted.wants_prefix(prefix) {
+                        self.object(sc, prefix, walk, depth + 1)?;
+                    } else {
+                        sc.skip_value(depth + 1)?;
+                    }
+                } else {
+                    self.field(sc, named.then_some(prefix.as_str()), walk)?;
+                }
+                prefix.truncate(prefix_len);
             }
-            prefix.truncate(prefix_len);
             sc.skip_ws();
             match sc.peek() {
                 Some(b',') => sc.pos += 1,
@@ -580,13 +744,13 @@ fn find_path(line: &str, path: &[PathSegment]) -> JsonResult<Option<String>> {
         }
     }
     let raw = sc.skip_value(1)?;
-    Ok(Some(match raw.first() {
+    Ok(Some(match raw.as_bytes().first() {
         Some(b'"') => {
             let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
-            unescape(inner, inner.contains(&b'\\'))?.into_owned()
+            unescape(inner, inner.contains('\\'))?.into_owned()
         }
-        _ if raw == b"null" => String::new(),
-        _ => String::from_utf8_lossy(raw).into_owned(),
+        _ if raw == "null" => String::new(),
+        _ => raw.to_owned(),
     }))
 }
 

@@ -141,6 +141,16 @@ impl LabelFilter {
         }
     }
 
+    /// Whether the verdict depends on the line having an error, apart from the labels
+    /// it names: `ip()` predicates pass lines that carry one.
+    pub fn reads_error(&self) -> bool {
+        match self {
+            LabelFilter::And(a, b) | LabelFilter::Or(a, b) => a.reads_error() || b.reads_error(),
+            LabelFilter::Ip { .. } => true,
+            LabelFilter::Matcher(_) | LabelFilter::Typed { .. } => false,
+        }
+    }
+
     /// Label names the filter reads.
     pub fn names(&self, out: &mut Vec<String>) {
         match self {

@@ -21,6 +21,9 @@ pub const LABEL_FILTER_ERR: &str = "LabelFilterErr";
 pub const SAMPLE_EXTRACTION_ERR: &str = "SampleExtractionErr";
 pub const TEMPLATE_FORMAT_ERR: &str = "TemplateFormatErr";
 
+/// What a parsed label colliding with a stream or metadata label is renamed with.
+const EXTRACTED_SUFFIX: &str = "_extracted";
+
 /// Sorted `(name, value)` pairs: a line's final labels or a series' labels.
 pub type Labels = Vec<(String, String)>;
 
@@ -36,6 +39,115 @@ pub struct CategorizedLabels {
     pub parsed: Labels,
 }
 
+/// Parsed labels of the current line in insertion order. Slots past `len` keep the
+/// strings of earlier lines so that a new line's labels are copied into buffers that
+/// already have capacity: parsers add several labels per line, and allocating two
+/// strings for each was a quarter of a `| json` pipeline's time.
+#[derive(Debug, Default)]
+struct Parsed {
+    slots: Vec<(String, String)>,
+    len: usize,
+    // One bit per live name (see `name_bit`): most "is it already there?" questions are
+    // answered without comparing strings.
+    mask: u64,
+    // Reusable text for parsers (the JSON parser's flattened key prefix).
+    scratch: String,
+}
+
+/// A bit standing for `name` in a 64-bit set of names; different names may share one.
+#[inline]
+fn name_bit(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let first = b.first().copied().unwrap_or(0) as usize;
+    let last = b.last().copied().unwrap_or(0) as usize;
+    1u64 << ((b.len() ^ first.wrapping_mul(7) ^ last.wrapping_mul(13)) & 63)
+}
+
+impl Parsed {
+    #[inline]
+    fn as_slice(&self) -> &[(String, String)] {
+        self.slots.get(..self.len).unwrap_or_default()
+    }
+
+    #[inline]
+    fn as_mut_slice(&mut self) -> &mut [(String, String)] {
+        self.slots.get_mut(..self.len).unwrap_or_default()
+    }
+
+    #[inline]
+    fn contains(&self, name: &str) -> bool {
+        self.mask & name_bit(name) != 0 && self.as_slice().iter().any(|(k, _)| k == name)
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.mask = 0;
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.len = len;
+            self.remask();
+        }
+    }
+
+    fn remask(&mut self) {
+        self.mask = self.as_slice().iter().fold(0, |m, (k, _)| m | name_bit(k));
+    }
+
+    /// Adds `name` (with `suffix`) = `value`. Lines of a stream mostly repeat the keys
+    /// of the line before, so a slot already holding the name is not rewritten.
+    #[inline]
+    fn push(&mut self, name: &str, suffix: &str, value: &str) {
+        if let Some((k, v)) = self.slots.get_mut(self.len) {
+            if suffix.is_empty() {
+                if k != name {
+                    k.clear();
+                    k.push_str(name);
+                }
+            } else {
+                k.clear();
+                k.push_str(name);
+                k.push_str(suffix);
+            }
+            v.clear();
+            v.push_str(value);
+            self.mask |= name_bit(k);
+        } else {
+            let mut k = String::with_capacity(name.len() + suffix.len());
+            k.push_str(name);
+            k.push_str(suffix);
+            self.mask |= name_bit(&k);
+            self.slots.push((k, value.to_owned()));
+        }
+        self.len += 1;
+    }
+
+    fn push_owned(&mut self, name: &str, value: String) {
+        self.push(name, "", "");
+        if let Some(slot) = self.as_mut_slice().last_mut() {
+            slot.1 = value;
+        }
+    }
+
+    /// Removes the labels named `name`, keeping the order of the others.
+    fn remove(&mut self, name: &str) {
+        let mut i = 0;
+        while i < self.len {
+            if self.slots.get(i).is_some_and(|(k, _)| k == name) {
+                // Move the slot to the end of the live range, then out of it.
+                if let Some(live) = self.slots.get_mut(i..self.len) {
+                    live.rotate_left(1);
+                }
+                self.len -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        self.remask();
+    }
+}
+
 /// The labels of the line being processed.
 ///
 /// One builder serves every line of a stream: [`LabelsBuilder::reset`] clears what the
@@ -43,10 +155,21 @@ pub struct CategorizedLabels {
 #[derive(Debug)]
 pub struct LabelsBuilder<'a> {
     stream: &'a LabelSet,
+    // `name_bit`s of the stream's label names.
+    stream_mask: u64,
     metadata: &'a [(String, String)],
-    parsed: Vec<(String, String)>,
+    parsed: Parsed,
     // Stream or metadata names removed by `drop`, `keep` or a `label_format` rename.
     hidden: Vec<String>,
+    error: Option<String>,
+    error_details: Option<String>,
+}
+
+/// A point to return to with [`LabelsBuilder::rollback`].
+#[derive(Debug)]
+pub(crate) struct Checkpoint {
+    parsed: usize,
+    hidden: usize,
     error: Option<String>,
     error_details: Option<String>,
 }
@@ -61,17 +184,35 @@ pub struct LabelsDelta {
     error_details: Option<String>,
 }
 
+/// The reusable storage of a [`LabelsBuilder`], for callers that cannot keep one builder
+/// alive across lines (the builder borrows each line's structured metadata).
+#[derive(Debug, Default)]
+pub struct LabelBuffers(Parsed);
+
 impl<'a> LabelsBuilder<'a> {
     /// A builder for lines of the stream labelled `stream`.
     pub fn new(stream: &'a LabelSet) -> Self {
+        Self::with_buffers(stream, LabelBuffers::default())
+    }
+
+    /// A builder for lines of `stream` that reuses the storage of an earlier builder.
+    pub fn with_buffers(stream: &'a LabelSet, buffers: LabelBuffers) -> Self {
+        let mut parsed = buffers.0;
+        parsed.clear();
         LabelsBuilder {
             stream,
+            stream_mask: stream.iter().fold(0, |m, (k, _)| m | name_bit(k)),
             metadata: &[],
-            parsed: Vec::new(),
+            parsed,
             hidden: Vec::new(),
             error: None,
             error_details: None,
         }
+    }
+
+    /// Gives back the storage for [`Self::with_buffers`].
+    pub fn into_buffers(self) -> LabelBuffers {
+        LabelBuffers(self.parsed)
     }
 
     /// Starts a new line carrying `metadata` as structured metadata.
@@ -90,7 +231,7 @@ impl<'a> LabelsBuilder<'a> {
 
     /// True when no stage has changed any label of this line.
     pub fn is_unchanged(&self) -> bool {
-        self.parsed.is_empty()
+        self.parsed.len == 0
             && self.hidden.is_empty()
             && self.error.is_none()
             && self.error_details.is_none()
@@ -118,7 +259,7 @@ impl<'a> LabelsBuilder<'a> {
             ERROR_DETAILS_LABEL => return self.error_details.as_deref(),
             _ => {}
         }
-        if let Some((_, v)) = self.parsed.iter().find(|(k, _)| k == name) {
+        if let Some((_, v)) = self.parsed.as_slice().iter().find(|(k, _)| k == name) {
             return Some(v);
         }
         self.base_get(name)
@@ -126,25 +267,55 @@ impl<'a> LabelsBuilder<'a> {
 
     /// Whether `name` is a (not removed) stream label or structured-metadata key: a parser
     /// producing the same name must suffix it with `_extracted`.
+    #[inline]
     pub fn is_stream_or_metadata(&self, name: &str) -> bool {
+        if self.metadata.is_empty() && self.stream_mask & name_bit(name) == 0 {
+            return false;
+        }
         self.base_get(name).is_some()
     }
 
     /// Whether a parser already produced `name` for this line.
+    #[inline]
     pub fn has_parsed(&self, name: &str) -> bool {
-        self.parsed.iter().any(|(k, _)| k == name)
+        self.parsed.contains(name)
+    }
+
+    /// A reusable string for a parser's own bookkeeping; give it back with
+    /// [`Self::put_scratch`] so the next line reuses its capacity.
+    pub(crate) fn take_scratch(&mut self) -> String {
+        let mut s = std::mem::take(&mut self.parsed.scratch);
+        s.clear();
+        s
+    }
+
+    /// Returns the string of [`Self::take_scratch`].
+    pub(crate) fn put_scratch(&mut self, s: String) {
+        self.parsed.scratch = s;
     }
 
     /// Adds a label produced by a parser: suffixed with `_extracted` when it collides with
     /// a stream or metadata label, and ignored when a parser already set it (first wins).
+    #[inline]
     pub fn add_extracted(&mut self, name: &str, value: &str) {
+        let bit = name_bit(name);
+        if self.metadata.is_empty() && self.stream_mask & bit == 0 {
+            // Neither a stream nor a metadata label: the common case.
+            if self.parsed.mask & bit == 0 || !self.parsed.contains(name) {
+                self.parsed.push(name, "", value);
+            }
+            return;
+        }
         if self.is_stream_or_metadata(name) {
-            let suffixed = format!("{name}_extracted");
-            if !self.has_parsed(&suffixed) {
-                self.parsed.push((suffixed, value.to_owned()));
+            let taken = self.parsed.as_slice().iter().any(|(k, _)| {
+                k.strip_suffix(EXTRACTED_SUFFIX)
+                    .is_some_and(|base| base == name)
+            });
+            if !taken {
+                self.parsed.push(name, EXTRACTED_SUFFIX, value);
             }
         } else if !self.has_parsed(name) {
-            self.parsed.push((name.to_owned(), value.to_owned()));
+            self.parsed.push(name, "", value);
         }
     }
 
@@ -161,10 +332,15 @@ impl<'a> LabelsBuilder<'a> {
             }
             _ => {}
         }
-        if let Some(slot) = self.parsed.iter_mut().find(|(k, _)| k == name) {
+        if let Some(slot) = self
+            .parsed
+            .as_mut_slice()
+            .iter_mut()
+            .find(|(k, _)| k == name)
+        {
             slot.1 = value;
         } else {
-            self.parsed.push((name.to_owned(), value));
+            self.parsed.push_owned(name, value);
         }
     }
 
@@ -181,10 +357,30 @@ impl<'a> LabelsBuilder<'a> {
             }
             _ => {}
         }
-        self.parsed.retain(|(k, _)| k != name);
+        self.parsed.remove(name);
         if self.base_get(name).is_some() {
             self.hidden.push(name.to_owned());
         }
+    }
+
+    /// Remembers what the parsed labels and the error are now, so that a speculative
+    /// run of stages (see [`crate::log::Pipeline`]'s parser probe) can be undone.
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            parsed: self.parsed.len,
+            hidden: self.hidden.len(),
+            error: self.error.clone(),
+            error_details: self.error_details.clone(),
+        }
+    }
+
+    /// Returns to the state of `c`, provided stages since then only added parsed labels,
+    /// hid labels or set the error (parsers and label filters do nothing else).
+    pub(crate) fn rollback(&mut self, c: Checkpoint) {
+        self.parsed.truncate(c.parsed);
+        self.hidden.truncate(c.hidden);
+        self.error = c.error;
+        self.error_details = c.error_details;
     }
 
     /// Whether a stage has set `__error__` on this line.
@@ -228,7 +424,7 @@ impl<'a> LabelsBuilder<'a> {
                 names.push(k.clone());
             }
         }
-        for (k, _) in &self.parsed {
+        for (k, _) in self.parsed.as_slice() {
             if !names.contains(k) {
                 names.push(k.clone());
             }
@@ -249,7 +445,7 @@ impl<'a> LabelsBuilder<'a> {
     pub fn delta(&self) -> LabelsDelta {
         LabelsDelta {
             metadata: self.metadata.to_vec(),
-            parsed: self.parsed.clone(),
+            parsed: self.parsed.as_slice().to_vec(),
             hidden: self.hidden.clone(),
             error: self.error.clone(),
             error_details: self.error_details.clone(),
@@ -259,7 +455,7 @@ impl<'a> LabelsBuilder<'a> {
     /// Whether this line's delta equals `d` (see [`Self::delta`]), without allocating.
     pub fn delta_matches(&self, d: &LabelsDelta) -> bool {
         self.metadata == d.metadata.as_slice()
-            && self.parsed == d.parsed
+            && self.parsed.as_slice() == d.parsed.as_slice()
             && self.hidden == d.hidden
             && self.error == d.error
             && self.error_details == d.error_details
@@ -270,7 +466,7 @@ impl<'a> LabelsBuilder<'a> {
         use std::hash::{BuildHasher, Hash, Hasher};
         let mut h = foldhash::fast::FixedState::with_seed(0x6c6f6465).build_hasher();
         self.metadata.hash(&mut h);
-        self.parsed.hash(&mut h);
+        self.parsed.as_slice().hash(&mut h);
         self.hidden.hash(&mut h);
         self.error.hash(&mut h);
         self.error_details.hash(&mut h);
@@ -280,7 +476,7 @@ impl<'a> LabelsBuilder<'a> {
     /// The line's final label set, sorted by name.
     pub fn labels(&self) -> Labels {
         let mut out: Labels =
-            Vec::with_capacity(self.stream.len() + self.metadata.len() + self.parsed.len() + 2);
+            Vec::with_capacity(self.stream.len() + self.metadata.len() + self.parsed.len + 2);
         for (k, v) in self.stream.iter() {
             if !self.is_hidden(k) && !self.has_parsed(k) {
                 out.push((k.to_owned(), v.to_owned()));
@@ -296,7 +492,7 @@ impl<'a> LabelsBuilder<'a> {
                 }
             }
         }
-        out.extend(self.parsed.iter().cloned());
+        out.extend(self.parsed.as_slice().iter().cloned());
         if let Some(e) = &self.error {
             out.push((ERROR_LABEL.to_owned(), e.clone()));
         }
@@ -324,7 +520,7 @@ impl<'a> LabelsBuilder<'a> {
             structured_metadata.retain(|(n, _)| n != k);
             structured_metadata.push((k.clone(), v.clone()));
         }
-        let mut parsed = self.parsed.clone();
+        let mut parsed = self.parsed.as_slice().to_vec();
         if let Some(e) = &self.error {
             parsed.push((ERROR_LABEL.to_owned(), e.clone()));
         }
@@ -359,9 +555,27 @@ pub fn sanitize_label_name(raw: &str) -> String {
     out
 }
 
+/// Bytes allowed in a label name: `[A-Za-z0-9_]`.
+const NAME_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'_';
+        i += 1;
+    }
+    t
+};
+
 /// True when `raw` is already a valid label name (the common case: no allocation needed).
+#[inline]
 pub(crate) fn is_clean_label_name(raw: &str) -> bool {
-    lode_push::labels::is_valid_label_name(raw)
+    let b = raw.as_bytes();
+    match b.first() {
+        Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {}
+        _ => return false,
+    }
+    b.iter().all(|&c| NAME_BYTE[usize::from(c)])
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! stops at the first malformed pair with `LogfmtParserErr`. Keys without `=` and empty
 //! values are dropped unless `--keep-empty`.
 
-use super::json::Wanted;
+use std::borrow::Cow;
+
+use super::json::{quote_or_backslash, Wanted};
 use super::labels::{is_clean_label_name, sanitize_label_name, LabelsBuilder, LOGFMT_PARSER_ERR};
 
 /// `| logfmt [--strict] [--keep-empty] [label="key", ...]`.
@@ -19,8 +21,66 @@ pub struct LogfmtParser {
 }
 
 enum Pair<'l> {
-    Kv(&'l str, std::borrow::Cow<'l, str>),
+    Kv(&'l str, RawValue<'l>),
     Malformed(usize, &'static str),
+}
+
+/// A value as written: bare, or the body of a quoted value whose escapes were already
+/// checked by the scanner, so decoding it cannot fail and is only done for values that
+/// are stored.
+struct RawValue<'l> {
+    text: &'l str,
+    escaped: bool,
+}
+
+impl<'l> RawValue<'l> {
+    fn bare(text: &'l str) -> Self {
+        RawValue {
+            text,
+            escaped: false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    fn decode(&self) -> Cow<'l, str> {
+        if !self.escaped {
+            return Cow::Borrowed(self.text);
+        }
+        let mut out = String::with_capacity(self.text.len());
+        unquote(self.text, Some(&mut out));
+        Cow::Owned(out)
+    }
+}
+
+/// Bytes that end a key or a bare value: spaces and control bytes, `=` and `"`.
+const ENDS_PAIR_PART: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i <= b' ' as usize {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'=' as usize] = true;
+    t[b'"' as usize] = true;
+    t
+};
+
+/// The first position at or after `from` holding a space or control byte, `=` or `"`
+/// (where a key or a bare value ends), or the line's length. Keys and bare values are
+/// short, so a table lookup per byte beats a word-at-a-time search's setup.
+#[inline]
+fn pair_stop(b: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while let Some(&c) = b.get(i) {
+        if ENDS_PAIR_PART[usize::from(c)] {
+            return i;
+        }
+        i += 1;
+    }
+    b.len()
 }
 
 struct Scanner<'l> {
@@ -45,10 +105,7 @@ impl<'l> Scanner<'l> {
             return None;
         }
         let start = self.pos;
-        while self.pos < b.len() && b[self.pos] > b' ' && b[self.pos] != b'=' && b[self.pos] != b'"'
-        {
-            self.pos += 1;
-        }
+        self.pos = pair_stop(b, self.pos);
         let key = self.line.get(start..self.pos).unwrap_or_default();
         match b.get(self.pos) {
             Some(b'"') => {
@@ -62,7 +119,7 @@ impl<'l> Scanner<'l> {
                 return Some(Pair::Malformed(at, "unexpected '='"));
             }
             Some(b'=') => {}
-            _ => return Some(Pair::Kv(key, "".into())),
+            _ => return Some(Pair::Kv(key, RawValue::bare(""))),
         }
         self.pos += 1;
         if b.get(self.pos) == Some(&b'"') {
@@ -70,28 +127,29 @@ impl<'l> Scanner<'l> {
             let mut i = open + 1;
             let mut escaped = false;
             loop {
-                match b.get(i) {
+                match quote_or_backslash(b, i).and_then(|at| Some((at, *b.get(at)?))) {
                     None => {
                         self.pos = b.len();
                         return Some(Pair::Malformed(open, "unterminated quoted value"));
                     }
-                    Some(b'\\') => {
+                    Some((at, b'\\')) => {
                         escaped = true;
-                        i += 2;
+                        i = at + 2;
                     }
-                    Some(b'"') => break,
-                    Some(_) => i += 1,
+                    Some((at, _)) => {
+                        i = at;
+                        break;
+                    }
                 }
             }
             self.pos = i + 1;
             let inner = self.line.get(open + 1..i).unwrap_or_default();
-            let value = if escaped {
-                match unquote(inner) {
-                    Some(v) => v.into(),
-                    None => return Some(Pair::Malformed(open, "invalid quoted value")),
-                }
-            } else {
-                inner.into()
+            if escaped && !unquote(inner, None) {
+                return Some(Pair::Malformed(open, "invalid quoted value"));
+            }
+            let value = RawValue {
+                text: inner,
+                escaped,
             };
             if b.get(self.pos).is_some_and(|c| *c > b' ') {
                 let at = self.pos;
@@ -104,61 +162,67 @@ impl<'l> Scanner<'l> {
             return Some(Pair::Kv(key, value));
         }
         let vstart = self.pos;
-        while self.pos < b.len() && b[self.pos] > b' ' {
-            if b[self.pos] == b'"' || b[self.pos] == b'=' {
-                let at = self.pos;
-                let what = if b[at] == b'"' {
-                    "unexpected '\"'"
-                } else {
-                    "unexpected '='"
-                };
-                self.skip_to_space();
-                return Some(Pair::Malformed(at, what));
-            }
-            self.pos += 1;
+        self.pos = pair_stop(b, self.pos);
+        if let Some(&c @ (b'"' | b'=')) = b.get(self.pos) {
+            let at = self.pos;
+            let what = if c == b'"' {
+                "unexpected '\"'"
+            } else {
+                "unexpected '='"
+            };
+            self.skip_to_space();
+            return Some(Pair::Malformed(at, what));
         }
         Some(Pair::Kv(
             key,
-            self.line.get(vstart..self.pos).unwrap_or_default().into(),
+            RawValue::bare(self.line.get(vstart..self.pos).unwrap_or_default()),
         ))
     }
 }
 
-/// Go `strconv.Unquote` of a double-quoted body (the quotes already removed).
-fn unquote(inner: &str) -> Option<String> {
-    let mut out = String::with_capacity(inner.len());
+/// Go `strconv.Unquote` of a double-quoted body (the quotes already removed), written to
+/// `out`, or only checked when `out` is `None`; false when an escape is invalid.
+fn unquote(inner: &str, mut out: Option<&mut String>) -> bool {
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        let e = chars.next()?;
-        let ch = match e {
-            'n' => '\n',
-            't' => '\t',
-            'r' => '\r',
-            '\\' => '\\',
-            '"' => '"',
-            '\'' => '\'',
-            'a' => '\u{7}',
-            'b' => '\u{8}',
-            'f' => '\u{c}',
-            'v' => '\u{b}',
-            'x' => {
-                let h: String = chars.by_ref().take(2).collect();
-                char::from(u8::from_str_radix(&h, 16).ok()?)
+        let ch = if c != '\\' {
+            c
+        } else {
+            let Some(e) = chars.next() else {
+                return false;
+            };
+            let decoded = match e {
+                'n' => Some('\n'),
+                't' => Some('\t'),
+                'r' => Some('\r'),
+                '\\' => Some('\\'),
+                '"' => Some('"'),
+                '\'' => Some('\''),
+                'a' => Some('\u{7}'),
+                'b' => Some('\u{8}'),
+                'f' => Some('\u{c}'),
+                'v' => Some('\u{b}'),
+                'x' => {
+                    let h: String = chars.by_ref().take(2).collect();
+                    u8::from_str_radix(&h, 16).ok().map(char::from)
+                }
+                'u' | 'U' => {
+                    let n = if e == 'u' { 4 } else { 8 };
+                    let h: String = chars.by_ref().take(n).collect();
+                    u32::from_str_radix(&h, 16).ok().and_then(char::from_u32)
+                }
+                _ => None,
+            };
+            match decoded {
+                Some(ch) => ch,
+                None => return false,
             }
-            'u' | 'U' => {
-                let n = if e == 'u' { 4 } else { 8 };
-                let h: String = chars.by_ref().take(n).collect();
-                char::from_u32(u32::from_str_radix(&h, 16).ok()?)?
-            }
-            _ => return None,
         };
-        out.push(ch);
+        if let Some(out) = out.as_deref_mut() {
+            out.push(ch);
+        }
     }
-    Some(out)
+    true
 }
 
 impl LogfmtParser {
@@ -174,6 +238,32 @@ impl LogfmtParser {
 
     /// Parses `line` into `lb`.
     pub fn process(&self, line: &str, lb: &mut LabelsBuilder<'_>) {
+        self.run(line, &Wanted::All, false, lb);
+    }
+
+    /// Whether the parser takes every key (no extraction parameters), so that
+    /// [`Self::probe`] applies.
+    pub(crate) fn extracts_all_keys(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// Like [`Self::process`] (same error on the same lines) but storing only the
+    /// labels `store` wants, as `process` would produce them; with `stop_when_settled`,
+    /// ending without error once they are settled (see `JsonParser::probe`).
+    pub(crate) fn probe(
+        &self,
+        line: &str,
+        store: &Wanted,
+        stop_when_settled: bool,
+        lb: &mut LabelsBuilder<'_>,
+    ) {
+        if stop_when_settled && store.settled(lb) {
+            return;
+        }
+        self.run(line, store, stop_when_settled, lb);
+    }
+
+    fn run(&self, line: &str, store: &Wanted, stop: bool, lb: &mut LabelsBuilder<'_>) {
         if !self.params.is_empty() {
             for (label, _) in &self.params {
                 lb.add_extracted(label, "");
@@ -197,19 +287,27 @@ impl LogfmtParser {
                     }
                     if !self.params.is_empty() {
                         if let Some((label, _)) = self.params.iter().find(|(_, k)| k == key) {
-                            lb.set(label, value.into_owned());
+                            lb.set(label, value.decode().into_owned());
                         }
                         continue;
                     }
+                    let wants = |name: &str| self.wanted.wants(name) && store.wants(name);
                     if is_clean_label_name(key) {
-                        if self.wanted.wants(key) {
-                            lb.add_extracted(key, &value);
+                        if wants(key) {
+                            lb.add_extracted(key, &value.decode());
+                        } else {
+                            continue;
                         }
                     } else {
                         let name = sanitize_label_name(key);
-                        if !name.is_empty() && self.wanted.wants(&name) {
-                            lb.add_extracted(&name, &value);
+                        if !name.is_empty() && wants(&name) {
+                            lb.add_extracted(&name, &value.decode());
+                        } else {
+                            continue;
                         }
+                    }
+                    if stop && store.settled(lb) {
+                        return;
                     }
                 }
             }

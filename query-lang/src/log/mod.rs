@@ -22,7 +22,9 @@ use std::borrow::Cow;
 use regex::Regex;
 
 pub use json::Wanted;
-pub use labels::{CategorizedLabels, Labels, LabelsBuilder, ERROR_DETAILS_LABEL, ERROR_LABEL};
+pub use labels::{
+    CategorizedLabels, LabelBuffers, Labels, LabelsBuilder, ERROR_DETAILS_LABEL, ERROR_LABEL,
+};
 
 use crate::syntax::ast;
 
@@ -48,9 +50,9 @@ pub enum PipelineError {
 #[derive(Clone, Debug)]
 enum Compiled {
     LineFilter(line_filter::LineFilter),
-    Json(json::JsonParser),
+    Json(json::JsonParser, Option<Box<Probe>>),
     JsonParams(json::JsonExtractor),
-    Logfmt(logfmt::LogfmtParser),
+    Logfmt(logfmt::LogfmtParser, Option<Box<Probe>>),
     Regexp(Regex, Vec<(usize, String)>),
     Pattern(pattern::Pattern),
     Unpack,
@@ -68,6 +70,76 @@ impl Compiled {
             self,
             Compiled::LineFilter(_) | Compiled::LineFormat(_) | Compiled::Decolorize
         )
+    }
+}
+
+/// The label filters that directly follow a `json` or `logfmt` parser, run first over a
+/// parse that stores only the labels they read. Most lines of `| json | status >= 500`
+/// are dropped by the filter, and for those the labels nobody reads are never copied.
+/// The probing parse checks the line exactly as the full parse does (same error on the
+/// same lines) and stores the read labels as the full parse would (same values,
+/// `_extracted` renames and first-wins order), so a line the probe drops is a line the
+/// full pipeline drops. A line the probe keeps is rolled back and parsed in full, and the
+/// filters run again as ordinary stages.
+///
+/// When the filters look neither at the error labels nor at whether there is an error
+/// (`ip()` predicates pass lines with errors), their verdict depends only on the labels
+/// they read, so the probing parse stops as soon as those are settled.
+#[derive(Clone, Debug)]
+struct Probe {
+    store: Wanted,
+    stop_when_settled: bool,
+    filters: Vec<label_filter::LabelFilter>,
+}
+
+impl Probe {
+    /// The probe for a parser producing `wanted` followed by `stages`, when the filters
+    /// at their head read fewer labels than the parser produces.
+    fn after(wanted: &Wanted, stages: &[Compiled]) -> Option<Box<Probe>> {
+        let filters: Vec<label_filter::LabelFilter> = stages
+            .iter()
+            .map_while(|s| match s {
+                Compiled::LabelFilter(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        if filters.is_empty() {
+            return None;
+        }
+        let mut names = Vec::new();
+        for f in &filters {
+            f.names(&mut names);
+        }
+        if let Wanted::Only(produced) = wanted {
+            if produced.iter().all(|p| names.contains(p)) {
+                return None;
+            }
+        }
+        let stop_when_settled = !filters.iter().any(label_filter::LabelFilter::reads_error)
+            && !names
+                .iter()
+                .any(|n| n == ERROR_LABEL || n == ERROR_DETAILS_LABEL);
+        Some(Box::new(Probe {
+            store: Wanted::Only(names),
+            stop_when_settled,
+            filters,
+        }))
+    }
+
+    /// Whether the filters keep the line once `parse` has stored the labels they read;
+    /// `lb` is left as it was when they do.
+    fn keeps(
+        &self,
+        lb: &mut LabelsBuilder<'_>,
+        parse: impl FnOnce(&Wanted, bool, &mut LabelsBuilder<'_>),
+    ) -> bool {
+        let before = lb.checkpoint();
+        parse(&self.store, self.stop_when_settled, lb);
+        if !self.filters.iter().all(|f| f.keep(lb)) {
+            return false;
+        }
+        lb.rollback(before);
+        true
     }
 }
 
@@ -121,9 +193,12 @@ impl Pipeline {
                     if nothing_wanted {
                         continue;
                     }
-                    Compiled::Json(json::JsonParser {
-                        wanted: wanted.clone(),
-                    })
+                    Compiled::Json(
+                        json::JsonParser {
+                            wanted: wanted.clone(),
+                        },
+                        None,
+                    )
                 }
                 ast::Stage::Json(params) => {
                     if nothing_wanted {
@@ -146,7 +221,7 @@ impl Pipeline {
                         .collect();
                     let mut parser = logfmt::LogfmtParser::new(p.strict, p.keep_empty, params);
                     parser.wanted = wanted.clone();
-                    Compiled::Logfmt(parser)
+                    Compiled::Logfmt(parser, None)
                 }
                 ast::Stage::Regexp(re) => {
                     let c = compile_regexp(re)?;
@@ -178,7 +253,37 @@ impl Pipeline {
             };
             out.push(compiled);
         }
+        for i in 0..out.len() {
+            let (head, rest) = out.split_at_mut(i + 1);
+            match head.last_mut() {
+                Some(Compiled::Json(p, probe)) => *probe = Probe::after(&p.wanted, rest),
+                Some(Compiled::Logfmt(p, probe)) if p.extracts_all_keys() => {
+                    *probe = Probe::after(&p.wanted, rest)
+                }
+                _ => {}
+            }
+        }
         Ok(Pipeline { stages: out })
+    }
+
+    /// The same pipeline with every parser probe removed: the reference the probes are
+    /// tested against.
+    #[cfg(test)]
+    fn without_probes(mut self) -> Self {
+        for stage in &mut self.stages {
+            if let Compiled::Json(_, probe) | Compiled::Logfmt(_, probe) = stage {
+                *probe = None;
+            }
+        }
+        self
+    }
+
+    /// Whether some parser of the pipeline runs its filters over a probe first.
+    #[cfg(test)]
+    fn has_probe(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|s| matches!(s, Compiled::Json(_, Some(_)) | Compiled::Logfmt(_, Some(_))))
     }
 
     /// True when the pipeline has no stages: every line passes unchanged.
@@ -208,9 +313,23 @@ impl Pipeline {
                         return None;
                     }
                 }
-                Compiled::Json(p) => p.process(&line, lb),
+                Compiled::Json(p, probe) => {
+                    if let Some(probe) = probe {
+                        if !probe.keeps(lb, |store, stop, lb| p.probe(&line, store, stop, lb)) {
+                            return None;
+                        }
+                    }
+                    p.process(&line, lb)
+                }
                 Compiled::JsonParams(p) => p.process(&line, lb),
-                Compiled::Logfmt(p) => p.process(&line, lb),
+                Compiled::Logfmt(p, probe) => {
+                    if let Some(probe) = probe {
+                        if !probe.keeps(lb, |store, stop, lb| p.probe(&line, store, stop, lb)) {
+                            return None;
+                        }
+                    }
+                    p.process(&line, lb)
+                }
                 Compiled::Regexp(re, names) => {
                     if let Some(caps) = re.captures(&line) {
                         for (i, name) in names {
@@ -390,5 +509,297 @@ mod tests {
         assert_eq!(lb.get("ftl"), Some("795"));
         assert_eq!(lb.get("lvl"), Some("INFO"));
         assert!(Pipeline::new(&[ast::Stage::Regexp("(x)".to_owned())]).is_err());
+    }
+
+    fn log_pipeline(query: &str) -> Vec<ast::Stage> {
+        match crate::parse_expr(query) {
+            Ok(ast::Expr::Log(sel)) => sel.pipeline,
+            other => panic!("{query}: {other:?}"),
+        }
+    }
+
+    /// Queries whose parser is followed by label filters, over the labels such lines
+    /// produce, the error labels and a stream label (`app`) the parsers collide with.
+    const PROBED_QUERIES: &[&str] = &[
+        r#"{app="x"} | json | status >= 500"#,
+        r#"{app="x"} | json | status >= 500 | level="error""#,
+        r#"{app="x"} | json | level!="info" or status < 300"#,
+        r#"{app="x"} | json | http_method="GET", latency_ms > 1s"#,
+        r#"{app="x"} | json | app="x" | app_extracted=~"y.*""#,
+        r#"{app="x"} | json | __error__="" | status != 200"#,
+        r#"{app="x"} | json | __error__!="" or __error_details__=~"Value.*""#,
+        r#"{app="x"} | json | status > 1 | status != ip("10.0.0.0/8")"#,
+        r#"{app="x"} | json | s_tatus="1" or status="é""#,
+        r#"{app="x"} | logfmt | duration > 2s"#,
+        r#"{app="x"} | logfmt | level="error" or status >= 500"#,
+        r#"{app="x"} | logfmt | app_extracted!="" | msg=~".*out""#,
+        r#"{app="x"} | logfmt --strict | __error__="" | status=200"#,
+        r#"{app="x"} | logfmt --keep-empty | empty="" | status>0"#,
+        r#"{app="x"} | logfmt | json | status >= 500"#,
+        r#"{app="x"} | json | logfmt | status >= 500 | level=~"e.*""#,
+    ];
+
+    fn run_lines(p: &Pipeline, lines: &[String]) -> Vec<Option<(String, Labels)>> {
+        let s = LabelSet::from_pairs([("app", "x")]).unwrap();
+        let mut lb = LabelsBuilder::new(&s);
+        lines
+            .iter()
+            .map(|l| {
+                lb.reset(&[]);
+                p.process(0, l, &mut lb)
+                    .map(|out| (out.into_owned(), lb.labels()))
+            })
+            .collect()
+    }
+
+    fn assert_probe_matches_full_parse(lines: &[String]) {
+        for q in PROBED_QUERIES {
+            let stages = log_pipeline(q);
+            let probed = Pipeline::new(&stages).unwrap();
+            assert!(probed.has_probe(), "{q}");
+            let full = probed.clone().without_probes();
+            assert_eq!(run_lines(&probed, lines), run_lines(&full, lines), "{q}");
+        }
+    }
+
+    #[test]
+    fn probed_filters_keep_and_label_the_same_lines_as_the_full_parse() {
+        let lines: Vec<String> = [
+            r#"{"status":503,"level":"error","msg":"x"}"#,
+            r#"{"status":200,"level":"info"}"#,
+            r#"{"status":"abc"}"#,
+            r#"{"status":503,"msg":"cut"#,
+            r#"{"msg":"a\qb","status":503}"#,
+            r#"{"msg":"\ud83d\ude00 \u00e9","status":504,"level":"warn"}"#,
+            r#"{"s\u0074atus":502,"status":200}"#,
+            r#"{"status":200,"status":500}"#,
+            r#"{" status ":501}"#,
+            r#"{"app":"yes","app":"no","app_extracted":"z"}"#,
+            r#"{"app_extracted":"first","app":"second"}"#,
+            r#"{"http":{"method":"GET","path":"/"},"latency_ms":"2s"}"#,
+            r#"{"http":{"method":"GET","x":nope},"status":500}"#,
+            r#"{"a":[1,{"b":nul}],"status":500}"#,
+            r#"{"status":null,"level":true}"#,
+            r#"{"status":5e2}"#,
+            r#"["status",500]"#,
+            r#"not json status=503"#,
+            r#""#,
+            r#"level=error status=503 duration=3s msg="timed out""#,
+            r#"level=info status=200 duration=1s app=y"#,
+            r#"status=503 =oops duration=5s"#,
+            r#"status="50\x33" duration="2\q""#,
+            r#"status=503"garbage duration=9s"#,
+            r#"empty= status=1 app= msg="ok""#,
+            r#"app=y app_extracted=z status=500 level=error"#,
+            r#"status=500 status=200 duration=3s"#,
+            r#"f\u00e9=1 status=1.5e3 duration=1h"#,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        assert_probe_matches_full_parse(&lines);
+    }
+
+    #[test]
+    fn parser_hints_narrower_than_the_filters_leave_no_probe() {
+        let stages = log_pipeline(r#"{app="x"} | json | status >= 500"#);
+        let p = Pipeline::with_wanted(&stages, &Wanted::Only(vec!["status".to_owned()]));
+        assert!(!p.unwrap().has_probe());
+        let p = Pipeline::with_wanted(
+            &stages,
+            &Wanted::Only(vec!["status".to_owned(), "route".to_owned()]),
+        );
+        assert!(p.unwrap().has_probe());
+        assert!(!Pipeline::new(&log_pipeline(r#"{app="x"} | json"#))
+            .unwrap()
+            .has_probe());
+        assert!(
+            !Pipeline::new(&log_pipeline(r#"{app="x"} | logfmt status | status > 1"#))
+                .unwrap()
+                .has_probe()
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn fragment() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "{",
+                "}",
+                "[",
+                "]",
+                ":",
+                ",",
+                "\"",
+                "\\",
+                "\\u00e9",
+                "\\ud83d\\ude00",
+                "\\ud800",
+                "\\q",
+                "\\n",
+                "\\x41",
+                "a",
+                "app",
+                "status",
+                "level",
+                "error",
+                "1",
+                "503",
+                "-2.5",
+                "true",
+                "nul",
+                "null",
+                " ",
+                "é",
+                "a.b",
+                "=",
+                "1s",
+                "3s",
+                "\"status\":",
+                "\"level\":",
+                "\"app\":",
+                "\"http\":{\"method\":",
+                "\"GET\"",
+                "\"\":",
+                "\" \":",
+                "status=",
+                "level=",
+                "duration=",
+                "app=",
+                "app_extracted=",
+                "\"s\\u0074atus\":",
+                "\"error\"",
+                "\"2s\"",
+                "__error__",
+                "\t",
+            ])
+        }
+
+        fn json_line() -> impl Strategy<Value = String> {
+            let key = prop::sample::select(vec![
+                "status",
+                "level",
+                "app",
+                "app_extracted",
+                "msg",
+                "http",
+                " status ",
+                "s\\u0074atus",
+                "a.b",
+                "é",
+                "",
+                "1x",
+                "latency_ms",
+                "stat\\qus",
+            ]);
+            let value = prop::sample::select(vec![
+                "503",
+                "200",
+                "\"error\"",
+                "\"info\"",
+                "\"a\\qb\"",
+                "\"\\u00e9\"",
+                "\"\\ud800\"",
+                "\"\\ud83d\\ude00\"",
+                "null",
+                "true",
+                "nope",
+                "tru",
+                "[1,{\"b\":nul}]",
+                "{\"method\":\"GET\",\"x\":nope}",
+                "{\"method\":\"GET\"}",
+                "{\"status\":{\"code\":500}}",
+                "\"2s\"",
+                "5e2",
+                "-1",
+                "\"503\"",
+                "{}",
+                "[]",
+            ]);
+            let pairs = prop::collection::vec((key, value), 0..7);
+            (pairs, 0usize..200, fragment(), 0u8..4).prop_map(|(pairs, at, frag, mutation)| {
+                let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                let line = format!("{{{}}}", body.join(","));
+                mutate(line, at, frag, mutation)
+            })
+        }
+
+        fn logfmt_line() -> impl Strategy<Value = String> {
+            let key = prop::sample::select(vec![
+                "status",
+                "level",
+                "app",
+                "app_extracted",
+                "msg",
+                "duration",
+                "empty",
+                "a.b",
+                "é",
+                "",
+                "1x",
+            ]);
+            let value = prop::sample::select(vec![
+                "503",
+                "200",
+                "error",
+                "info",
+                "3s",
+                "1s",
+                "",
+                "\"timed out\"",
+                "\"a\\qb\"",
+                "\"\\x41\\u00e9\"",
+                "\"x\"garbage",
+                "=oops",
+                "\"open",
+                "a\"b",
+                "1.5e3",
+            ]);
+            let pairs = prop::collection::vec((key, value, any::<bool>()), 0..7);
+            (pairs, 0usize..120, fragment(), 0u8..4).prop_map(|(pairs, at, frag, mutation)| {
+                let body: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v, bare)| {
+                        if *bare {
+                            (*k).to_owned()
+                        } else {
+                            format!("{k}={v}")
+                        }
+                    })
+                    .collect();
+                mutate(body.join(" "), at, frag, mutation)
+            })
+        }
+
+        /// Leaves the line alone, cuts it, or inserts a fragment, at a char boundary.
+        fn mutate(mut line: String, at: usize, frag: &str, mutation: u8) -> String {
+            let mut at = at.min(line.len());
+            while !line.is_char_boundary(at) {
+                at -= 1;
+            }
+            match mutation {
+                0 => line.truncate(at),
+                1 => line.insert_str(at, frag),
+                _ => {}
+            }
+            line
+        }
+
+        fn line() -> impl Strategy<Value = String> {
+            prop_oneof![json_line(), logfmt_line()]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn probed_pipelines_agree_with_full_parses_on_random_lines(
+                lines in prop::collection::vec(line(), 1..8)
+            ) {
+                assert_probe_matches_full_parse(&lines);
+            }
+        }
     }
 }
