@@ -231,7 +231,7 @@ pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
             .with_graceful_shutdown(async move { stop.wait().await })
             .await
     });
-    tracing::info!(%addr, "lode is listening; opening storage and replaying the WAL");
+    tracing::info!(%addr, "listener bound; answering 503 until storage is open and the WAL replayed");
     // A failed start must not leave the listener behind.
     let started = build_state(config, shutdown.clone()).await;
     let (state, background) = match started {
@@ -244,7 +244,7 @@ pub async fn start(config: LodeConfig) -> Result<RunningServer, Error> {
     };
     // Set once, here: the state was built exactly once above.
     let _ = app.set(crate::api::router(state.clone()));
-    tracing::info!(%addr, "lode is ready");
+    tracing::info!(%addr, "lode is listening");
     Ok(RunningServer {
         addr,
         state,
