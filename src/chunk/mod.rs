@@ -210,74 +210,93 @@ impl BlockSummary {
 impl SealedBlock {
     /// Sorts `entries` by timestamp (stable, so equal timestamps keep push order) and
     /// compresses them into one block.
-    pub fn seal(mut entries: Vec<Entry>, level: i32) -> Result<SealedBlock, Error> {
-        entries.sort_by_key(|e| e.timestamp_ns);
-        let meta = BlockMeta {
-            min_ts: entries.first().map_or(0, |e| e.timestamp_ns),
-            max_ts: entries.last().map_or(0, |e| e.timestamp_ns),
-            count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
-            raw_bytes: entries.iter().map(|e| e.line.len() as u64).sum(),
-        };
-        let mut columns = Vec::with_capacity(entries.len() * 6);
-        let mut prev = meta.min_ts;
-        for e in &entries {
-            // Sorted, so every delta is >= 0 (wrapping only across the whole i64 range).
-            encode_varint(e.timestamp_ns.wrapping_sub(prev) as u64, &mut columns);
-            prev = e.timestamp_ns;
-        }
-        for e in &entries {
-            encode_varint(e.line.len() as u64, &mut columns);
-        }
-        for e in &entries {
-            encode_varint(e.structured_metadata.len() as u64, &mut columns);
-            for (name, value) in &e.structured_metadata {
-                encode_varint(name.len() as u64, &mut columns);
-                columns.put_slice(name.as_bytes());
-                encode_varint(value.len() as u64, &mut columns);
-                columns.put_slice(value.as_bytes());
-            }
-        }
-        let uncompressed = columns.len() as u64 + meta.raw_bytes;
-        if uncompressed > MAX_BLOCK_UNCOMPRESSED as u64 {
-            return Err(Error::TooLarge {
-                size: usize::try_from(uncompressed).unwrap_or(usize::MAX),
-                limit: MAX_BLOCK_UNCOMPRESSED,
-            });
-        }
-        let mut lines = Vec::with_capacity(meta.raw_bytes as usize);
-        for e in &entries {
-            lines.put_slice(e.line.as_bytes());
-        }
-        let columns_z = zstd::bulk::compress(&columns, COLUMNS_LEVEL)?;
-        let lines_z = zstd::bulk::compress(&lines, level)?;
-        let payload_len = 8 + columns_z.len() + lines_z.len();
-        let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + payload_len);
-        out.put_slice(BLOCK_MAGIC);
-        out.put_u8(BLOCK_VERSION);
-        out.put_u8(CODEC_ZSTD);
-        out.put_u16_le(0);
-        out.put_u32_le(meta.count);
-        out.put_i64_le(meta.min_ts);
-        out.put_i64_le(meta.max_ts);
-        out.put_u64_le(meta.raw_bytes);
-        // Both fit: at most MAX_BLOCK_UNCOMPRESSED, and zstd output stays near its input.
-        out.put_u32_le(uncompressed as u32);
-        out.put_u32_le(u32::try_from(payload_len).unwrap_or(u32::MAX));
-        let crc_at = out.len();
-        out.put_u32_le(0);
-        out.put_u32_le(columns_z.len() as u32);
-        out.put_u32_le(columns.len() as u32);
-        out.put_slice(&columns_z);
-        out.put_slice(&lines_z);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..crc_at]), &out[BLOCK_HEADER_LEN..]);
-        out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
-        Ok(SealedBlock {
-            meta,
-            bytes: Bytes::from(out),
-            summary: BlockSummary::of(&entries).map(Arc::new),
-        })
+    pub fn seal(entries: Vec<Entry>, level: i32) -> Result<SealedBlock, Error> {
+        SealedBlock::try_seal(entries, level).map_err(|(e, _)| e)
     }
 
+    /// [`SealedBlock::seal`], handing the entries back (sorted) when they cannot be
+    /// sealed, so a caller holding acknowledged entries loses none.
+    pub fn try_seal(
+        mut entries: Vec<Entry>,
+        level: i32,
+    ) -> Result<SealedBlock, (Error, Vec<Entry>)> {
+        entries.sort_by_key(|e| e.timestamp_ns);
+        match encode_block(&entries, level) {
+            Ok((meta, out)) => Ok(SealedBlock {
+                meta,
+                bytes: Bytes::from(out),
+                summary: BlockSummary::of(&entries).map(Arc::new),
+            }),
+            Err(e) => Err((e, entries)),
+        }
+    }
+}
+
+/// Encodes entries sorted by timestamp as one v2 block: its header fields and bytes.
+fn encode_block(entries: &[Entry], level: i32) -> Result<(BlockMeta, Vec<u8>), Error> {
+    let meta = BlockMeta {
+        min_ts: entries.first().map_or(0, |e| e.timestamp_ns),
+        max_ts: entries.last().map_or(0, |e| e.timestamp_ns),
+        count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
+        raw_bytes: entries.iter().map(|e| e.line.len() as u64).sum(),
+    };
+    let mut columns = Vec::with_capacity(entries.len() * 6);
+    let mut prev = meta.min_ts;
+    for e in entries {
+        // Sorted, so every delta is >= 0 (wrapping only across the whole i64 range).
+        encode_varint(e.timestamp_ns.wrapping_sub(prev) as u64, &mut columns);
+        prev = e.timestamp_ns;
+    }
+    for e in entries {
+        encode_varint(e.line.len() as u64, &mut columns);
+    }
+    for e in entries {
+        encode_varint(e.structured_metadata.len() as u64, &mut columns);
+        for (name, value) in &e.structured_metadata {
+            encode_varint(name.len() as u64, &mut columns);
+            columns.put_slice(name.as_bytes());
+            encode_varint(value.len() as u64, &mut columns);
+            columns.put_slice(value.as_bytes());
+        }
+    }
+    let uncompressed = columns.len() as u64 + meta.raw_bytes;
+    if uncompressed > MAX_BLOCK_UNCOMPRESSED as u64 {
+        return Err(Error::TooLarge {
+            size: usize::try_from(uncompressed).unwrap_or(usize::MAX),
+            limit: MAX_BLOCK_UNCOMPRESSED,
+        });
+    }
+    let mut lines = Vec::with_capacity(meta.raw_bytes as usize);
+    for e in entries {
+        lines.put_slice(e.line.as_bytes());
+    }
+    let columns_z = zstd::bulk::compress(&columns, COLUMNS_LEVEL)?;
+    let lines_z = zstd::bulk::compress(&lines, level)?;
+    let payload_len = 8 + columns_z.len() + lines_z.len();
+    let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + payload_len);
+    out.put_slice(BLOCK_MAGIC);
+    out.put_u8(BLOCK_VERSION);
+    out.put_u8(CODEC_ZSTD);
+    out.put_u16_le(0);
+    out.put_u32_le(meta.count);
+    out.put_i64_le(meta.min_ts);
+    out.put_i64_le(meta.max_ts);
+    out.put_u64_le(meta.raw_bytes);
+    // Both fit: at most MAX_BLOCK_UNCOMPRESSED, and zstd output stays near its input.
+    out.put_u32_le(uncompressed as u32);
+    out.put_u32_le(u32::try_from(payload_len).unwrap_or(u32::MAX));
+    let crc_at = out.len();
+    out.put_u32_le(0);
+    out.put_u32_le(columns_z.len() as u32);
+    out.put_u32_le(columns.len() as u32);
+    out.put_slice(&columns_z);
+    out.put_slice(&lines_z);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..crc_at]), &out[BLOCK_HEADER_LEN..]);
+    out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+    Ok((meta, out))
+}
+
+impl SealedBlock {
     /// Decompresses the block's entries, in timestamp order.
     pub fn entries(&self) -> Result<Vec<Entry>, Error> {
         decode_block(&self.bytes).map(|(_, entries)| entries)
@@ -442,17 +461,31 @@ pub fn for_each_column_entry(
     let (columns_z, columns_len, _) = split_columns(&h)?;
     with_scratch(|dctx, first, _| {
         decompress_exact(dctx, columns_z, first, columns_len, "columns")?;
-        let (timestamps, lengths, mut rest) = read_ts_and_lengths(&h.meta, first)?;
-        let mut metadata: Vec<(&str, &str)> = Vec::new();
-        for (ts, len) in timestamps.into_iter().zip(lengths) {
-            read_metadata(&mut rest, &mut metadata)?;
-            f(ts, len, &metadata);
+        let counted = count_entries(&h.meta, first, &mut f);
+        // A rare huge block must not pin its buffer in every thread for good.
+        if first.capacity() > 4 * MAX_TYPICAL_BLOCK {
+            *first = Vec::new();
         }
-        if !rest.is_empty() {
-            return Err(columns_error("trailing bytes"));
-        }
-        Ok(true)
+        counted.map(|()| true)
     })
+}
+
+/// Calls `f` for every entry a v2 block's decompressed `columns` describe.
+fn count_entries(
+    meta: &BlockMeta,
+    columns: &[u8],
+    f: &mut impl FnMut(i64, usize, &[(&str, &str)]),
+) -> Result<(), Error> {
+    let (timestamps, lengths, mut rest) = read_ts_and_lengths(meta, columns)?;
+    let mut metadata: Vec<(&str, &str)> = Vec::new();
+    for (ts, len) in timestamps.into_iter().zip(lengths) {
+        read_metadata(&mut rest, &mut metadata)?;
+        f(ts, len, &metadata);
+    }
+    if !rest.is_empty() {
+        return Err(columns_error("trailing bytes"));
+    }
+    Ok(())
 }
 
 /// Runs `f` with this thread's decompression context and two reusable buffers.
@@ -882,6 +915,16 @@ mod tests {
         let b = SealedBlock::seal(vec![entry(1, "alpha"), entry(2, "beta")], 1).unwrap();
         let text = with_decompressed(&b.bytes, |_, p| p.text().to_vec()).unwrap();
         assert_eq!(text, b"alphabeta");
+    }
+
+    #[test]
+    fn entries_that_cannot_be_sealed_are_handed_back() {
+        let huge = entry(1, &"x".repeat(MAX_BLOCK_UNCOMPRESSED + 1));
+        let Err((e, back)) = SealedBlock::try_seal(vec![entry(2, "b"), huge.clone()], 1) else {
+            panic!("a block over the size limit was sealed");
+        };
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        assert_eq!(back, vec![huge, entry(2, "b")]);
     }
 
     #[test]

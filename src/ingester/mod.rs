@@ -185,7 +185,8 @@ struct Chunk {
     /// Compressed bytes of `blocks`.
     sealed_bytes: usize,
     head: Vec<Entry>,
-    /// Raw bytes of `head`, as `chunk_block_size` counts them.
+    /// Raw bytes of `head` (lines and structured metadata), as `chunk_block_size` counts
+    /// them.
     head_bytes: usize,
     /// Dedup hashes of every entry in the chunk, removed from the day's set on flush.
     hashes: Vec<u64>,
@@ -222,7 +223,15 @@ impl Chunk {
         if self.head.is_empty() {
             return Ok(0);
         }
-        let block = SealedBlock::seal(std::mem::take(&mut self.head), ZSTD_LEVEL)?;
+        let block = match SealedBlock::try_seal(std::mem::take(&mut self.head), ZSTD_LEVEL) {
+            Ok(block) => block,
+            Err((e, entries)) => {
+                // Acknowledged entries stay in the head block (reads still find them, the
+                // WAL keeps them) rather than being lost with a block that cannot be made.
+                self.head = entries;
+                return Err(e);
+            }
+        };
         let added = block.bytes.len();
         self.sealed_bytes += added;
         self.blocks.push(block);
@@ -367,7 +376,11 @@ impl Heads {
                 }
             };
             c.hashes.push(h);
-            c.head_bytes += e.line.len();
+            c.head_bytes += e.line.len()
+                + e.structured_metadata
+                    .iter()
+                    .map(|(n, v)| n.len() + v.len())
+                    .sum::<usize>();
             c.head.push(e);
             c.last_append_ns = now_ns;
             c.head_min_wal = min_segment(c.head_min_wal, Some(wal_segment));
@@ -760,8 +773,12 @@ impl Ingester {
                 } else {
                     ingester.flush_due().await
                 };
+                drop(ingester);
                 if let Err(e) = flushed {
                     tracing::error!(error = %e, "flush failed; retrying next period");
+                    // Unwritten chunks keep memory over the bound, so every push would
+                    // wake the loop again: wait a period before the next attempt.
+                    tokio::time::sleep(period).await;
                 }
             }
         })
@@ -771,7 +788,15 @@ impl Ingester {
     /// loop does under memory pressure).
     pub async fn flush_sealed(&self) -> Result<(), Error> {
         let _one = self.flushing.lock().await;
-        self.heads.lock().close_sealed();
+        {
+            let mut heads = self.heads.lock();
+            // Pushes during the previous flush woke the loop again; if that flush brought
+            // memory back under the bound there is nothing to do yet.
+            if heads.sealed_total < self.cfg.max_sealed_bytes {
+                return Ok(());
+            }
+            heads.close_sealed();
+        }
         self.flush_closed().await
     }
 

@@ -541,3 +541,49 @@ async fn a_memory_bound_flushes_sealed_blocks_early_and_keeps_the_open_head() {
     all.sort_by_key(|e| e.timestamp_ns);
     assert_eq!(all, numbered(0, 22));
 }
+
+#[tokio::test]
+async fn structured_metadata_counts_toward_the_block_size() {
+    let f = Fixture::new();
+    let cfg = IngesterConfig {
+        chunk_block_size: 200,
+        ..IngesterConfig::default()
+    };
+    let (ing, storage) = f.open(cfg).await;
+    // Empty lines with 100 bytes of metadata each: without counting the metadata the head
+    // block would never reach the block size.
+    let entries: Vec<Entry> = (0..10)
+        .map(|i| Entry {
+            timestamp_ns: T0 + i,
+            line: String::new(),
+            structured_metadata: vec![("trace_id".to_string(), "t".repeat(92))],
+        })
+        .collect();
+    ing.push(&tenant(), vec![(labels("api"), entries.clone())])
+        .await
+        .unwrap();
+    ing.flush_all().await.unwrap();
+    let seg = &storage.segments(&tenant())[0];
+    let blocks = &seg.footer.streams[0].chunks[0].blocks;
+    assert_eq!(
+        blocks.iter().map(|b| b.meta.count).collect::<Vec<_>>(),
+        [2, 2, 2, 2, 2]
+    );
+}
+
+#[tokio::test]
+async fn a_pressure_wake_up_under_the_bound_writes_nothing() {
+    let f = Fixture::new();
+    let cfg = IngesterConfig {
+        chunk_block_size: 200,
+        ..IngesterConfig::default()
+    };
+    let (ing, storage) = f.open(cfg).await;
+    ing.push(&tenant(), vec![(labels("api"), numbered(0, 20))])
+        .await
+        .unwrap();
+    // Three sealed blocks are far below the default 16 MiB: a late wake-up (pushes made
+    // during a flush that already brought memory down) must not write a tiny segment.
+    ing.flush_sealed().await.unwrap();
+    assert!(storage.segments(&tenant()).is_empty());
+}
