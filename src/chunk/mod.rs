@@ -798,7 +798,7 @@ pub fn fuzz_decode(data: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -865,7 +865,7 @@ mod tests {
     }
 
     /// A block as version 1 wrote it (row-wise payload), for the compatibility test.
-    fn seal_v1(entries: &[Entry]) -> Vec<u8> {
+    pub(crate) fn seal_v1(entries: &[Entry]) -> Vec<u8> {
         let mut payload = Vec::new();
         for e in entries {
             payload.put_i64_le(e.timestamp_ns);

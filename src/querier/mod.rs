@@ -473,7 +473,7 @@ const COUNT_READS_IN_FLIGHT: usize = 4;
 impl TenantSource {
     /// Takes out of `pieces` what can be counted without reading lines (see
     /// [`take_countable`]) and counts it: from footer summaries, or by decompressing
-    /// only the blocks' columns. Blocks written before columns (v1) go back to `pieces`.
+    /// only the blocks' columns.
     fn count_unread(
         &self,
         pieces: &mut Vec<Piece>,
@@ -487,33 +487,29 @@ impl TenantSource {
         } = take_countable(pieces, head, edges);
         let reads = from_columns.into_iter().map(|(seg, block)| {
             let (storage, edges) = (self.storage.clone(), edges.clone());
-            async move {
-                let counted = storage.count_block(&seg, &block, edges).await;
-                (seg, block, counted)
-            }
+            async move { storage.count_block(&seg, &block, edges).await }
         });
         let done: Vec<_> = self.runtime.block_on(
             futures::stream::iter(reads)
                 .buffer_unordered(COUNT_READS_IN_FLIGHT)
                 .collect(),
         );
-        for (seg, block, counted) in done {
-            match counted {
-                Ok(Some(c)) => counts.extend(c),
-                Ok(None) => pieces.push(Piece::Block(seg, block, None)),
-                Err(e) => {
-                    return Err(SourceError {
-                        message: e.to_string(),
-                    })
-                }
-            }
+        for counted in done {
+            counts.extend(counted.map_err(|e| SourceError {
+                message: e.to_string(),
+            })?);
         }
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(SourceError {
-                message: "the query was cancelled".to_string(),
-            });
+            return Err(cancelled());
         }
         Ok(counts)
+    }
+}
+
+/// What a source read answers once the query's cancel flag is up.
+fn cancelled() -> SourceError {
+    SourceError {
+        message: "the query was cancelled".to_string(),
     }
 }
 
@@ -677,9 +673,7 @@ impl MergeReader {
         let forward = self.forward;
         loop {
             if self.cancel.load(Ordering::Relaxed) {
-                return Err(SourceError {
-                    message: "the query was cancelled".to_string(),
-                });
+                return Err(cancelled());
             }
             self.active.retain(|c| c.lo < c.hi);
             // The cursor whose next entry comes first.

@@ -589,14 +589,14 @@ impl Storage {
 
     /// Lines and line bytes of a block per span between consecutive `edges` and per
     /// structured-metadata set (see `query_lang::eval::SelectRequest::count_edges`),
-    /// from the block's columns alone: its lines are never decompressed. `None` for a
-    /// v1 block, which must be read whole.
+    /// from the block's columns alone: its lines are never decompressed (a v1 block,
+    /// which has no columns frame, is decoded whole from the same read).
     pub async fn count_block(
         &self,
         meta: &SegmentMeta,
         block: &BlockInfo,
         edges: Arc<[i64]>,
-    ) -> Result<Option<Vec<BlockCount>>, Error> {
+    ) -> Result<Vec<BlockCount>, Error> {
         let bytes = self
             .read_range(meta, block.offset..block.offset + u64::from(block.len))
             .await?;
@@ -613,26 +613,27 @@ impl Storage {
 }
 
 /// Counts a block's entries per span `(edges[i-1], edges[i]]` and metadata set from its
-/// columns; entries outside `(first edge, last edge]` count nowhere.
-fn count_columns(bytes: &[u8], edges: &[i64]) -> Result<Option<Vec<BlockCount>>, chunk::Error> {
+/// columns (a v1 block from its decoded entries); entries outside `(first edge, last
+/// edge]` count nowhere.
+fn count_columns(bytes: &[u8], edges: &[i64]) -> Result<Vec<BlockCount>, chunk::Error> {
     let (Some(&first), Some(&last)) = (edges.first(), edges.last()) else {
-        return Ok(Some(Vec::new()));
+        return Ok(Vec::new());
     };
     let mut out: Vec<BlockCount> = Vec::new();
-    // Counts of the current span are out[span_from..]; entries come in time order.
+    // Counts of the current span are out[span_from..]; entries come in time order, so
+    // `span` only grows and each span's counts are contiguous.
     let mut span = 0usize;
     let mut span_from = 0usize;
-    let mut current: Option<usize> = None;
-    let columnar = chunk::for_each_column_entry(bytes, |ts, len, metadata| {
+    let mut count = |ts: i64, len: usize, metadata: &[(&str, &str)]| {
         if ts <= first || ts > last {
             return;
         }
+        let before = span;
         while edges.get(span).is_some_and(|&e| e < ts) {
             span += 1;
         }
         let upper = edges.get(span).copied().unwrap_or(last);
-        if current != Some(span) {
-            current = Some(span);
+        if span != before {
             span_from = out.len();
         }
         let same = |c: &&mut BlockCount| {
@@ -660,8 +661,21 @@ fn count_columns(bytes: &[u8], edges: &[i64]) -> Result<Option<Vec<BlockCount>>,
                 bytes: len as u64,
             }),
         }
-    })?;
-    Ok(columnar.then_some(out))
+    };
+    if !chunk::for_each_column_entry(bytes, &mut count)? {
+        let (_, entries) = chunk::decode_block(bytes)?;
+        let mut metadata = Vec::new();
+        for e in &entries {
+            metadata.clear();
+            metadata.extend(
+                e.structured_metadata
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
+            count(e.timestamp_ns, e.line.len(), &metadata);
+        }
+    }
+    Ok(out)
 }
 
 /// Non-zero helper for configs that size things in items rather than bytes.
@@ -760,6 +774,27 @@ mod count_tests {
     use crate::chunk::SealedBlock;
 
     #[test]
+    fn a_block_written_before_columns_counts_the_same_from_its_decoded_rows() {
+        let entries: Vec<Entry> = (1..=10)
+            .map(|ts| Entry {
+                timestamp_ns: ts,
+                line: "y".repeat(ts as usize),
+                structured_metadata: if ts % 3 == 0 {
+                    vec![("level".to_string(), "warn".to_string())]
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        let v1 = crate::chunk::tests::seal_v1(&entries);
+        let v2 = SealedBlock::seal(entries, 1).unwrap();
+        let edges = [0, 4, 7, 10];
+        let counts = count_columns(&v2.bytes, &edges).unwrap();
+        assert_eq!(counts.iter().map(|c| c.lines).sum::<u64>(), 10);
+        assert_eq!(count_columns(&v1, &edges).unwrap(), counts);
+    }
+
+    #[test]
     fn columns_count_lines_and_bytes_per_span_and_metadata_set() {
         let entries: Vec<Entry> = (1..=10)
             .map(|ts| Entry {
@@ -773,7 +808,7 @@ mod count_tests {
             })
             .collect();
         let block = SealedBlock::seal(entries, 1).unwrap();
-        let counts = count_columns(&block.bytes, &[2, 5, 8]).unwrap().unwrap();
+        let counts = count_columns(&block.bytes, &[2, 5, 8]).unwrap();
         let got: Vec<(i64, usize, u64, u64)> = counts
             .iter()
             .map(|c| (c.timestamp_ns, c.metadata.len(), c.lines, c.bytes))
