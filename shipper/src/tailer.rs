@@ -466,14 +466,7 @@ impl Tailer {
             retiring_since: rotated.then(Instant::now),
             at_eof: false,
         };
-        for (slot, stream) in [Some(Stream::Stdout), Some(Stream::Stderr), None]
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(s) = f.streams.get_mut(slot) {
-                *s = self.stream_key(&f.file_labels, f.pod.as_ref(), stream);
-            }
-        }
+        self.fill_stream_keys(&mut f);
         self.parts.metrics.files_opened.inc();
         self.open.push(f);
         self.parts.metrics.open_files.set(self.open.len() as i64);
@@ -515,16 +508,21 @@ impl Tailer {
         self.pod_labels_generation = current;
         let mut open = std::mem::take(&mut self.open);
         for f in open.iter_mut().filter(|f| f.pod.is_some()) {
-            for (slot, stream) in [Some(Stream::Stdout), Some(Stream::Stderr), None]
-                .into_iter()
-                .enumerate()
-            {
-                if let Some(s) = f.streams.get_mut(slot) {
-                    *s = self.stream_key(&f.file_labels, f.pod.as_ref(), stream);
-                }
-            }
+            self.fill_stream_keys(f);
         }
         self.open = open;
+    }
+
+    /// Computes a file's stream keys: stdout, stderr, and lines that carry no stream.
+    fn fill_stream_keys(&self, f: &mut OpenFile) {
+        for (slot, stream) in [Some(Stream::Stdout), Some(Stream::Stderr), None]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(s) = f.streams.get_mut(slot) {
+                *s = self.stream_key(&f.file_labels, f.pod.as_ref(), stream);
+            }
+        }
     }
 
     fn restart_truncated(&mut self, i: usize) {

@@ -928,6 +928,7 @@ impl Exec<'_> {
                         let v = self.whole(v);
                         match v {
                             Val::Nil => self.out.push_str("<no value>"),
+                            Val::Str(s) => self.out.push_str(&s),
                             v => self.out.push_str(&v.display()),
                         }
                     }
