@@ -204,12 +204,15 @@ pub fn eval(
 
 /// Whether `approx_topk` appears anywhere in `e`.
 fn contains_approx_topk(e: &MetricExpr) -> bool {
+    any_vector_op(e, &|op| op == VectorOp::ApproxTopk)
+}
+
+/// Whether some vector aggregation anywhere in `e` has an operation `pred` accepts.
+fn any_vector_op(e: &MetricExpr, pred: &dyn Fn(VectorOp) -> bool) -> bool {
     match e {
-        MetricExpr::VectorAggregation(v) => {
-            v.op == VectorOp::ApproxTopk || contains_approx_topk(&v.inner)
-        }
-        MetricExpr::BinOp(b) => contains_approx_topk(&b.lhs) || contains_approx_topk(&b.rhs),
-        MetricExpr::LabelReplace(l) => contains_approx_topk(&l.inner),
+        MetricExpr::VectorAggregation(v) => pred(v.op) || any_vector_op(&v.inner, pred),
+        MetricExpr::BinOp(b) => any_vector_op(&b.lhs, pred) || any_vector_op(&b.rhs, pred),
+        MetricExpr::LabelReplace(l) => any_vector_op(&l.inner, pred),
         _ => false,
     }
 }
@@ -233,15 +236,9 @@ fn align_to_step(params: &QueryParams) -> QueryParams {
     }
 }
 
+/// Whether `sort` or `sort_desc` appears anywhere in `e`.
 fn contains_sort(e: &MetricExpr) -> bool {
-    match e {
-        MetricExpr::VectorAggregation(v) => {
-            matches!(v.op, VectorOp::Sort | VectorOp::SortDesc) || contains_sort(&v.inner)
-        }
-        MetricExpr::BinOp(b) => contains_sort(&b.lhs) || contains_sort(&b.rhs),
-        MetricExpr::LabelReplace(l) => contains_sort(&l.inner),
-        _ => false,
-    }
+    any_vector_op(e, &|op| matches!(op, VectorOp::Sort | VectorOp::SortDesc))
 }
 
 /// Checks a metric query's step parameters; range queries come back aligned to the step.
