@@ -568,9 +568,25 @@ const MAX_TYPICAL_BLOCK: usize = 1 << 20;
 /// Parses a payload from [`with_decompressed`] into its entries, checking them against
 /// the header.
 pub fn parse_payload(meta: &BlockMeta, payload: Payload<'_>) -> Result<Vec<Entry>, Error> {
+    parse_payload_if(meta, payload, |_| true)
+}
+
+/// Like [`parse_payload`], but only entries whose line passes `keep` are built: the whole
+/// block is still checked against its header, yet a search that keeps few lines
+/// allocates for those few only.
+pub fn parse_payload_if(
+    meta: &BlockMeta,
+    payload: Payload<'_>,
+    keep: impl FnMut(&str) -> bool,
+) -> Result<Vec<Entry>, Error> {
     match payload {
-        Payload::Rows(raw) => parse_rows(meta, raw),
-        Payload::Columns { columns, lines } => parse_columns(meta, columns, lines),
+        Payload::Rows(raw) => {
+            let mut entries = parse_rows(meta, raw)?;
+            let mut keep = keep;
+            entries.retain(|e| keep(&e.line));
+            Ok(entries)
+        }
+        Payload::Columns { columns, lines } => parse_columns(meta, columns, lines, keep),
     }
 }
 
@@ -612,7 +628,12 @@ fn read_ts_and_lengths<'a>(
     Ok((timestamps, lengths, columns))
 }
 
-fn parse_columns(meta: &BlockMeta, columns: &[u8], lines: &[u8]) -> Result<Vec<Entry>, Error> {
+fn parse_columns(
+    meta: &BlockMeta,
+    columns: &[u8],
+    lines: &[u8],
+    mut keep: impl FnMut(&str) -> bool,
+) -> Result<Vec<Entry>, Error> {
     let bad = columns_error;
     let (timestamps, lengths, mut columns) = read_ts_and_lengths(meta, columns)?;
     let text = std::str::from_utf8(lines).map_err(|_| {
@@ -629,6 +650,9 @@ fn parse_columns(meta: &BlockMeta, columns: &[u8], lines: &[u8]) -> Result<Vec<E
             .ok_or_else(|| bad("a line length splits a character or overruns the lines"))?;
         at += len;
         read_metadata(&mut columns, &mut metadata)?;
+        if !keep(line) {
+            continue;
+        }
         entries.push(Entry {
             timestamp_ns,
             line: line.to_owned(),

@@ -9,7 +9,7 @@
 //!
 //! It does not own validation of labels, line sizes or rates (the distributor), the WAL and
 //! chunk byte formats (`wal`, `chunk`), where segments live (`storage`) or how reads merge
-//! heads with segments (`storage::store`).
+//! heads with segments (the querier).
 //!
 //! Heads are keyed tenant → stream → UTC day, so a chunk (and so a segment) never spans
 //! midnight. A stream's entries of one day live in one open chunk (sealed blocks plus the

@@ -278,7 +278,8 @@ pub struct IndexStats {
     pub entries: u64,
 }
 
-/// What a query read: entries handed to the engine and their line bytes.
+/// What a query read: lines of the blocks it decompressed or counted and of the head
+/// entries it took, and their bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Processed {
     pub lines: u64,
@@ -296,10 +297,14 @@ struct Counters {
 
 impl Counters {
     fn add(&self, entries: &[Entry]) {
-        self.lines
-            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         let bytes: usize = entries.iter().map(|e| e.line.len()).sum();
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.add_read(entries.len() as u64, bytes as u64);
+    }
+
+    /// Lines of a block read (decompressed, whether or not any passed its filter).
+    fn add_read(&self, lines: u64, bytes: u64) {
+        self.lines.fetch_add(lines, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Lines of blocks counted from their summaries, without reading them.
@@ -585,6 +590,11 @@ enum Prefetch {
 /// the engine works, few enough to bound the memory held per stream.
 const PREFETCH_BLOCKS: usize = 2;
 
+/// Read-ahead under a substring filter: reads then mostly skip blocks or keep few of
+/// their lines, so more of them in flight keep every core decompressing for little
+/// memory.
+const FILTERED_PREFETCH_BLOCKS: usize = 8;
+
 impl MergeReader {
     fn new(
         mut pieces: Vec<Piece>,
@@ -613,9 +623,14 @@ impl MergeReader {
         }
     }
 
-    /// Starts reads of the first [`PREFETCH_BLOCKS`] pending pieces not yet started.
+    /// Starts reads of the next pending pieces not yet started, up to the read-ahead.
     fn prefetch(&mut self) {
-        while self.prefetched.len() < self.pending.len().min(PREFETCH_BLOCKS) {
+        let ahead = if self.filter.is_empty() {
+            PREFETCH_BLOCKS
+        } else {
+            FILTERED_PREFETCH_BLOCKS
+        };
+        while self.prefetched.len() < self.pending.len().min(ahead) {
             let handle =
                 match self.pending.get(self.prefetched.len()) {
                     Some(Piece::Block(seg, block, _)) => {
@@ -640,8 +655,15 @@ impl MergeReader {
         let started = self.prefetched.pop_front();
         self.prefetch();
         let err = |message: String| SourceError { message };
+        if let Piece::Block(_, block, _) = &piece {
+            self.processed
+                .add_read(u64::from(block.meta.count), block.meta.raw_bytes);
+        }
         let entries = match (piece, started) {
-            (Piece::Head(e), _) => Some(e),
+            (Piece::Head(e), _) => {
+                self.processed.add(&e);
+                Some(e)
+            }
             (Piece::Block(..), Some(Prefetch::Block(handle))) => self
                 .runtime
                 .block_on(handle)
@@ -754,7 +776,6 @@ impl MergeReader {
                 start,
                 end,
             };
-            self.processed.add(batch.as_slice());
             return Ok(Some(batch));
         }
     }

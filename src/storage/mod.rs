@@ -5,11 +5,18 @@
 //! object keys `<tenant>/<YYYY-MM-DD>/<segment id>.seg`, loading every footer into the
 //! [`Index`] on start, and ranged reads: a query fetches a footer once (at load) and then
 //! only the byte ranges of the blocks it needs. It does not own when segments are written
-//! (the ingester's flush) or deleted (retention); [`store::Store`] is the read API that
-//! merges segments with the ingester's heads.
+//! (the ingester's flush) or deleted (retention), nor merging segments with the
+//! ingester's heads (the querier).
+//!
+//! A block read is one task on the decode pool: fetch its byte range, verify and
+//! decompress it, drop it when it lacks a substring the query requires, and build entries
+//! for the lines that have it. On the local filesystem the fetch is a positioned read of a
+//! cached file handle; other stores are read through `object_store`. The cache holds
+//! whole blocks, and the lines of a block kept by one substring filter under that
+//! filter's key (an empty list for a block the filter skips), so a dashboard repeating a
+//! search pays for decompression once.
 
 pub mod segment;
-pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -129,6 +136,31 @@ impl StorageConfig {
         Ok(())
     }
 
+    /// The local filesystem store, when no S3-compatible store is configured.
+    pub fn local_filesystem(
+        &self,
+    ) -> Result<Option<Arc<object_store::local::LocalFileSystem>>, Error> {
+        if self.aws.is_some() {
+            return Ok(None);
+        }
+        self.validate()?;
+        let dir = &self.filesystem.directory;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Config(format!(
+                "cannot create storage_config.filesystem.directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| Error::ObjectStore {
+                action: "configure",
+                key: String::new(),
+                source: e,
+            })?
+            .with_automatic_cleanup(true);
+        Ok(Some(Arc::new(fs)))
+    }
+
     /// Builds the configured object store.
     pub fn object_store(&self) -> Result<Arc<dyn ObjectStore>, Error> {
         self.validate()?;
@@ -156,19 +188,10 @@ impl StorageConfig {
                 }
                 Ok(Arc::new(b.build().map_err(err)?))
             }
-            None => {
-                let dir = &self.filesystem.directory;
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    Error::Config(format!(
-                        "cannot create storage_config.filesystem.directory {}: {e}",
-                        dir.display()
-                    ))
-                })?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(err)?
-                    .with_automatic_cleanup(true);
-                Ok(Arc::new(fs))
-            }
+            None => match self.local_filesystem()? {
+                Some(fs) => Ok(fs),
+                None => Err(Error::Config("no store configured".to_string())),
+            },
         }
     }
 }
@@ -196,14 +219,156 @@ fn parse_key(path: &ObjectPath) -> Option<(TenantId, Day, SegmentId)> {
     parts.next().is_none().then_some((tenant, day, id))
 }
 
-/// Decoded blocks, least recently used first out once over the byte budget.
 /// A cached block: its entries and their decoded size in bytes.
 type CachedBlock = (Arc<Vec<Entry>>, usize);
 
+/// A cached block's key: segment, block offset, and the [`BlockFilter::key`] its lines
+/// were kept by (0: all of them).
+type CacheKey = (SegmentId, u64, u64);
+
+/// Decoded blocks, least recently used first out once over the byte budget.
 struct BlockCache {
-    lru: lru::LruCache<(SegmentId, u64), CachedBlock>,
+    lru: lru::LruCache<CacheKey, CachedBlock>,
     bytes: usize,
     budget: usize,
+}
+
+impl BlockCache {
+    fn get(&mut self, key: &CacheKey) -> Option<Arc<Vec<Entry>>> {
+        self.lru.get(key).map(|(entries, _)| entries.clone())
+    }
+
+    fn put(&mut self, key: CacheKey, entries: Arc<Vec<Entry>>) {
+        // The key and list cost something even when no entry is kept.
+        let size = 64 + decoded_size(&entries);
+        if size > self.budget {
+            return;
+        }
+        if let Some((_, old)) = self.lru.put(key, (entries, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.bytes > self.budget {
+            match self.lru.pop_lru() {
+                Some((_, (_, s))) => self.bytes -= s,
+                None => break,
+            }
+        }
+    }
+}
+
+/// The bounded CPU pool blocks are verified, decompressed and parsed on: one thread per
+/// core for the life of the process, so block reads never oversubscribe the cores nor
+/// start threads, and each thread's decompression buffers stay warm. Tasks never wait on
+/// each other, so the pool cannot deadlock.
+struct DecodePool(rayon_core::ThreadPool);
+
+impl DecodePool {
+    fn new() -> Result<DecodePool, Error> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        rayon_core::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("lode-decode-{i}"))
+            // A panicking task drops its sender: the read fails, the process lives on.
+            .panic_handler(|_| {})
+            .build()
+            .map(DecodePool)
+            .map_err(|e| Error::Task(format!("cannot start the decode pool: {e}")))
+    }
+
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0.spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.await
+            .map_err(|_| Error::Task("a block decode panicked".to_string()))
+    }
+}
+
+/// Open segment files of the local filesystem store, for positioned block reads.
+const OPEN_FILES: usize = 256;
+
+/// Reads byte ranges of segments: positioned reads of cached file handles when the store
+/// is the local filesystem, else requests to the object store.
+struct SegmentReader {
+    store: Arc<dyn ObjectStore>,
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
+    files: Mutex<lru::LruCache<SegmentId, Arc<std::fs::File>>>,
+}
+
+impl SegmentReader {
+    /// `range` of a segment on the local filesystem into `buf` (grown, never shrunk, so
+    /// a reused buffer is not zeroed again).
+    fn read_local(
+        &self,
+        local: &object_store::local::LocalFileSystem,
+        meta: &SegmentMeta,
+        range: std::ops::Range<u64>,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, Error> {
+        let io = |e: std::io::Error| Error::ObjectStore {
+            action: "read",
+            key: meta.path.to_string(),
+            source: object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        };
+        let file = self.files.lock().get(&meta.id).cloned();
+        let file = match file {
+            Some(f) => f,
+            None => {
+                let path =
+                    local
+                        .path_to_filesystem(&meta.path)
+                        .map_err(|e| Error::ObjectStore {
+                            action: "read",
+                            key: meta.path.to_string(),
+                            source: e,
+                        })?;
+                let f = Arc::new(std::fs::File::open(path).map_err(io)?);
+                self.files.lock().put(meta.id, f.clone());
+                f
+            }
+        };
+        let len = usize::try_from(range.end.saturating_sub(range.start))
+            .map_err(|_| Error::Task("block range too large".to_string()))?;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let dst = buf.get_mut(..len).unwrap_or_default();
+        std::os::unix::fs::FileExt::read_exact_at(&*file, dst, range.start).map_err(io)?;
+        Ok(len)
+    }
+
+    async fn read(
+        &self,
+        meta: &SegmentMeta,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, Error> {
+        self.store
+            .get_range(&meta.path, range)
+            .await
+            .map_err(|e| Error::ObjectStore {
+                action: "read",
+                key: meta.path.to_string(),
+                source: e,
+            })
+    }
+
+    /// Closes a deleted segment's file, so its space is freed.
+    fn forget(&self, id: SegmentId) {
+        self.files.lock().pop(&id);
+    }
+}
+
+thread_local! {
+    /// This decode thread's buffer for a block's compressed bytes.
+    static RAW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn decoded_size(entries: &[Entry]) -> usize {
@@ -227,6 +392,8 @@ fn decoded_size(entries: &[Entry]) -> usize {
 #[derive(Clone, Debug, Default)]
 pub struct BlockFilter {
     groups: Arc<Vec<Vec<NeedleFinder>>>,
+    /// Names the needles for the block cache; 0 for the empty filter.
+    key: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -263,13 +430,33 @@ impl BlockFilter {
     /// A filter requiring, for each group, one of its needles. Groups holding an empty
     /// needle (or one that cannot be built) are dropped: they match everything.
     pub fn new(groups: Vec<Vec<Needle>>) -> Self {
-        let groups = groups
+        use std::hash::{Hash, Hasher};
+        let groups: Vec<_> = groups
             .into_iter()
             .filter(|g| !g.is_empty() && g.iter().all(|n| !n.text.is_empty()))
-            .filter_map(|g| g.iter().map(NeedleFinder::new).collect::<Option<Vec<_>>>())
+            .filter_map(|g| {
+                let finders = g
+                    .iter()
+                    .map(NeedleFinder::new)
+                    .collect::<Option<Vec<_>>>()?;
+                Some((g, finders))
+            })
             .collect();
+        let key = if groups.is_empty() {
+            0
+        } else {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for (g, _) in &groups {
+                g.len().hash(&mut h);
+                for n in g {
+                    (&n.text, n.ignore_ascii_case).hash(&mut h);
+                }
+            }
+            h.finish().max(1)
+        };
         BlockFilter {
-            groups: Arc::new(groups),
+            groups: Arc::new(groups.into_iter().map(|(_, f)| f).collect()),
+            key,
         }
     }
 
@@ -289,6 +476,8 @@ impl BlockFilter {
 /// Segments of every tenant, the index over them, and the block cache.
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    reader: Arc<SegmentReader>,
+    pool: DecodePool,
     index: Arc<Index>,
     clock: Arc<dyn Clock>,
     segments: RwLock<HashMap<TenantId, BTreeMap<SegmentId, Arc<SegmentMeta>>>>,
@@ -309,8 +498,11 @@ impl Storage {
         config: &StorageConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, Error> {
-        let store = config.object_store()?;
-        Storage::with_object_store(store, config.block_cache_max_size_mb << 20, clock).await
+        let cache = config.block_cache_max_size_mb << 20;
+        match config.local_filesystem()? {
+            Some(local) => Storage::build(local.clone(), Some(local), cache, clock).await,
+            None => Storage::build(config.object_store()?, None, cache, clock).await,
+        }
     }
 
     /// Like [`Storage::open`] over an object store built elsewhere.
@@ -319,7 +511,22 @@ impl Storage {
         cache_bytes: usize,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, Error> {
+        Storage::build(store, None, cache_bytes, clock).await
+    }
+
+    async fn build(
+        store: Arc<dyn ObjectStore>,
+        local: Option<Arc<object_store::local::LocalFileSystem>>,
+        cache_bytes: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Storage>, Error> {
         let storage = Arc::new(Storage {
+            reader: Arc::new(SegmentReader {
+                store: store.clone(),
+                local,
+                files: Mutex::new(lru::LruCache::new(non_zero(OPEN_FILES))),
+            }),
+            pool: DecodePool::new()?,
             store,
             index: Arc::new(Index::new()),
             clock,
@@ -480,6 +687,7 @@ impl Storage {
     /// Drops a segment from the catalog and index (reads stop seeing it at once).
     pub fn forget(&self, tenant: &TenantId, day: Day, id: SegmentId) {
         self.index.remove_segment(tenant, day, id);
+        self.reader.forget(id);
         if let Some(m) = self.segments.write().get_mut(tenant) {
             m.remove(&id);
         }
@@ -503,21 +711,14 @@ impl Storage {
         meta: &SegmentMeta,
         range: std::ops::Range<u64>,
     ) -> Result<bytes::Bytes, Error> {
-        self.store
-            .get_range(&meta.path, range)
-            .await
-            .map_err(|e| Error::ObjectStore {
-                action: "read",
-                key: meta.path.to_string(),
-                source: e,
-            })
+        self.reader.read(meta, range).await
     }
 
     /// One block's entries in time order: from the cache, or fetched (its byte range only)
     /// and decoded on the blocking pool.
     pub async fn read_block(
         &self,
-        meta: &SegmentMeta,
+        meta: &Arc<SegmentMeta>,
         block: &BlockInfo,
     ) -> Result<Arc<Vec<Entry>>, Error> {
         let all = BlockFilter::default();
@@ -529,62 +730,38 @@ impl Storage {
         }
     }
 
-    /// Like [`Self::read_block`], but a block that is not cached and whose decompressed
-    /// payload fails `filter` is skipped (`None`) without parsing or caching its entries:
-    /// a substring search pays for decompression and one memmem pass per block, and the
-    /// entries only of blocks that may match.
+    /// Like [`Self::read_block`], but only entries whose line may pass `filter` (holds
+    /// a needle of each group): a block holding none of a required substring is skipped
+    /// (`None`) after one memmem pass over its decompressed lines, and entries are built
+    /// only for the lines that pass. A whole cached block is used as it is.
     pub async fn read_block_if(
         &self,
-        meta: &SegmentMeta,
+        meta: &Arc<SegmentMeta>,
         block: &BlockInfo,
         filter: &BlockFilter,
     ) -> Result<Option<Arc<Vec<Entry>>>, Error> {
-        let key = (meta.id, block.offset);
-        if let Some((entries, _)) = self.cache.lock().lru.get(&key) {
-            return Ok(Some(entries.clone()));
+        let whole = (meta.id, block.offset, 0);
+        let kept = (meta.id, block.offset, filter.key);
+        {
+            let mut cache = self.cache.lock();
+            if let Some(entries) = cache.get(&whole) {
+                return Ok(Some(entries));
+            }
+            if filter.key != 0 {
+                if let Some(entries) = cache.get(&kept) {
+                    return Ok((!entries.is_empty()).then_some(entries));
+                }
+            }
         }
-        let bytes = self
-            .read_range(meta, block.offset..block.offset + u64::from(block.len))
+        let (seg, info, f) = (meta.clone(), *block, filter.clone());
+        let entries = self
+            .on_block(meta, block, move |bytes| {
+                decode_kept(bytes, &seg, &info, &f)
+            })
             .await?;
-        let filter = filter.clone();
-        let decoded = tokio::task::spawn_blocking(move || {
-            chunk::with_decompressed(&bytes, |meta, raw| {
-                if !filter.may_match(raw.text()) {
-                    return Ok(None);
-                }
-                chunk::parse_payload(meta, raw).map(|entries| Some((*meta, entries)))
-            })?
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))??;
-        let Some((decoded_meta, entries)) = decoded else {
-            return Ok(None);
-        };
-        if decoded_meta != block.meta {
-            return Err(Error::CorruptSegment {
-                key: meta.path.to_string(),
-                what: format!(
-                    "block at {} disagrees with the footer: {decoded_meta:?} vs {:?}",
-                    block.offset, block.meta
-                ),
-            });
-        }
-        let size = decoded_size(&entries);
         let entries = Arc::new(entries);
-        let mut cache = self.cache.lock();
-        if size <= cache.budget {
-            if let Some((_, old)) = cache.lru.put(key, (entries.clone(), size)) {
-                cache.bytes -= old;
-            }
-            cache.bytes += size;
-            while cache.bytes > cache.budget {
-                match cache.lru.pop_lru() {
-                    Some((_, (_, s))) => cache.bytes -= s,
-                    None => break,
-                }
-            }
-        }
-        Ok(Some(entries))
+        self.cache.lock().put(kept, entries.clone());
+        Ok((!entries.is_empty() || filter.key == 0).then_some(entries))
     }
 
     /// Lines and line bytes of a block per span between consecutive `edges` and per
@@ -593,23 +770,82 @@ impl Storage {
     /// which has no columns frame, is decoded whole from the same read).
     pub async fn count_block(
         &self,
-        meta: &SegmentMeta,
+        meta: &Arc<SegmentMeta>,
         block: &BlockInfo,
         edges: Arc<[i64]>,
     ) -> Result<Vec<BlockCount>, Error> {
-        let bytes = self
-            .read_range(meta, block.offset..block.offset + u64::from(block.len))
-            .await?;
-        tokio::task::spawn_blocking(move || count_columns(&bytes, &edges))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
-            .map_err(Error::from)
+        self.on_block(meta, block, move |bytes| {
+            count_columns(bytes, &edges).map_err(Error::from)
+        })
+        .await
+    }
+
+    /// Runs `f` on the decode pool over one block's bytes: read there into the thread's
+    /// reusable buffer from a local file, or fetched from the object store first.
+    async fn on_block<R: Send + 'static>(
+        &self,
+        meta: &Arc<SegmentMeta>,
+        block: &BlockInfo,
+        f: impl FnOnce(&[u8]) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let range = block.offset..block.offset + u64::from(block.len);
+        let Some(local) = self.reader.local.clone() else {
+            let bytes = self.reader.read(meta, range).await?;
+            return self.pool.run(move || f(&bytes)).await?;
+        };
+        let (reader, seg) = (self.reader.clone(), meta.clone());
+        self.pool
+            .run(move || {
+                RAW.with(|raw| {
+                    let mut raw = raw.borrow_mut();
+                    let len = reader.read_local(&local, &seg, range, &mut raw)?;
+                    let out = f(raw.get(..len).unwrap_or_default());
+                    // A rare huge block must not pin its buffer in every thread for good.
+                    if raw.capacity() > 4 << 20 {
+                        *raw = Vec::new();
+                    }
+                    out
+                })
+            })
+            .await?
     }
 
     /// Bytes currently held by the decoded-block cache.
     pub fn cached_bytes(&self) -> usize {
         self.cache.lock().bytes
     }
+}
+
+/// A block's entries whose line may pass `filter` (all of them for the empty filter),
+/// checked against the footer's record of the block.
+fn decode_kept(
+    bytes: &[u8],
+    seg: &SegmentMeta,
+    block: &BlockInfo,
+    filter: &BlockFilter,
+) -> Result<Vec<Entry>, Error> {
+    let decoded = chunk::with_decompressed(bytes, |meta, raw| {
+        if *meta != block.meta {
+            return Err(Error::CorruptSegment {
+                key: seg.path.to_string(),
+                what: format!(
+                    "block at {} disagrees with the footer: {meta:?} vs {:?}",
+                    block.offset, block.meta
+                ),
+            });
+        }
+        if filter.is_empty() {
+            return Ok(chunk::parse_payload(meta, raw)?);
+        }
+        if !filter.may_match(raw.text()) {
+            return Ok(Vec::new());
+        }
+        let mut kept =
+            chunk::parse_payload_if(meta, raw, |line| filter.may_match(line.as_bytes()))?;
+        kept.shrink_to_fit();
+        Ok(kept)
+    })?;
+    decoded
 }
 
 /// Counts a block's entries per span `(edges[i-1], edges[i]]` and metadata set from its
@@ -734,27 +970,40 @@ mod tests {
         let first = storage.read_block_if(&seg, &blocks[0], &error).await;
         assert!(first.unwrap().is_none(), "no line of block 0 holds 'error'");
         let second = storage.read_block_if(&seg, &blocks[1], &error).await;
-        assert_eq!(second.unwrap().unwrap().len(), 2);
-        // Alternatives: either needle keeps the block.
+        let kept: Vec<_> = second
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|e| e.line.clone())
+            .collect();
+        assert_eq!(kept, ["GET /x 500 error"], "only lines holding the needle");
+        // The kept lines are cached under the filter: the same search decodes nothing.
+        let key = (seg.id, blocks[1].offset, error.key);
+        assert!(storage.cache.lock().lru.contains(&key));
+        assert!(storage
+            .cache
+            .lock()
+            .lru
+            .contains(&(seg.id, blocks[0].offset, error.key)));
+        // Alternatives: either needle keeps a line.
         let either = BlockFilter::new(vec![vec![needle("nope"), needle("/ok")]]);
-        assert!(storage
-            .read_block_if(&seg, &blocks[0], &either)
-            .await
-            .unwrap()
-            .is_some());
-        // Every group must be met.
-        let both = BlockFilter::new(vec![vec![needle("/ok")], vec![needle("nope")]]);
-        let cached_now = storage.read_block_if(&seg, &blocks[1], &both).await;
-        assert!(
-            cached_now.unwrap().is_some(),
-            "a cached block is returned whole; the engine filters its lines"
-        );
+        let got = storage.read_block_if(&seg, &blocks[0], &either).await;
+        assert_eq!(got.unwrap().unwrap().len(), 2);
+        // Every group must be met, by the same line: "/ok" and "error" are both in block
+        // 1's text, never in one line.
+        let both = BlockFilter::new(vec![vec![needle("/ok")], vec![needle("error")]]);
+        assert!(both.may_match(b"GET /x 500 errorGET /ok 200"));
+        let none = storage.read_block_if(&seg, &blocks[1], &both).await;
+        assert!(none.unwrap().is_none(), "no line holds both");
+        // A needle found only across two lines of the block's text keeps nothing.
+        let across = BlockFilter::new(vec![vec![needle("errorGET")]]);
+        let none = storage.read_block_if(&seg, &blocks[1], &across).await;
+        assert!(none.unwrap().is_none());
+        // A block cached whole is returned whole; the engine filters its lines.
         storage.cache.lock().lru.clear();
-        assert!(storage
-            .read_block_if(&seg, &blocks[1], &both)
-            .await
-            .unwrap()
-            .is_none());
+        assert_eq!(storage.read_block(&seg, &blocks[1]).await.unwrap().len(), 2);
+        let whole = storage.read_block_if(&seg, &blocks[1], &both).await;
+        assert_eq!(whole.unwrap().unwrap().len(), 2);
         // `(?i)` needles ignore ASCII case.
         let folded = BlockFilter::new(vec![vec![Needle {
             text: "ERROR".to_string(),
