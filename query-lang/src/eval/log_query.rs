@@ -175,7 +175,9 @@ pub(crate) fn eval_log(
             heap.push(Ordered { head, forward });
         }
     }
-    let mut groups: HashMap<Labels, Vec<LogEntry>> = HashMap::new();
+    // foldhash, not SipHash: every returned line hashes its whole label set here.
+    let mut groups: HashMap<Labels, Vec<LogEntry>, foldhash::fast::RandomState> =
+        HashMap::default();
     let mut taken = 0usize;
     let mut next_allowed: Option<i64> = None;
     while taken < params.limit {
