@@ -59,40 +59,59 @@ pub fn add_detected_level(labels: &LabelSet, entry: &mut Entry) {
         Some(v) => normalize(v),
         None => detect_from_line(&entry.line),
     };
+    // Most entries carry no other metadata: room for this one pair, not the four a
+    // first push would reserve, for every line held in a head.
+    entry.structured_metadata.reserve_exact(1);
     entry
         .structured_metadata
         .push((DETECTED_LEVEL.to_string(), level.to_string()));
 }
+
+/// Level spellings Loki recognises, compared case-insensitively, and the level each means.
+const SPELLINGS: [(&str, &str); 22] = [
+    ("trace", "trace"),
+    ("trc", "trace"),
+    ("debug", "debug"),
+    ("dbg", "debug"),
+    ("info", "info"),
+    ("inf", "info"),
+    ("information", "info"),
+    ("informational", "info"),
+    ("notice", "info"),
+    ("warn", "warn"),
+    ("warning", "warn"),
+    ("wrn", "warn"),
+    ("error", "error"),
+    ("err", "error"),
+    ("eror", "error"),
+    ("critical", "critical"),
+    ("crit", "critical"),
+    ("fatal", "fatal"),
+    ("panic", "fatal"),
+    ("emerg", "fatal"),
+    ("emergency", "fatal"),
+    ("alert", "fatal"),
+];
+
+/// Whether some spelling starts with a byte (either case): level words of a line's head
+/// are looked up only when this allows, since most words of a line are not levels.
+const FIRST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < SPELLINGS.len() {
+        let b = SPELLINGS[i].0.as_bytes()[0];
+        table[b.to_ascii_lowercase() as usize] = true;
+        table[b.to_ascii_uppercase() as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Maps a level as written to one of Loki's: trace, debug, info, warn, error, critical,
 /// fatal, unknown.
 pub fn normalize(value: &str) -> &'static str {
     // Compared case-insensitively in place: this runs for every short word near the start
     // of every line without a level field, so it must not allocate.
-    const SPELLINGS: [(&str, &str); 22] = [
-        ("trace", "trace"),
-        ("trc", "trace"),
-        ("debug", "debug"),
-        ("dbg", "debug"),
-        ("info", "info"),
-        ("inf", "info"),
-        ("information", "info"),
-        ("informational", "info"),
-        ("notice", "info"),
-        ("warn", "warn"),
-        ("warning", "warn"),
-        ("wrn", "warn"),
-        ("error", "error"),
-        ("err", "error"),
-        ("eror", "error"),
-        ("critical", "critical"),
-        ("crit", "critical"),
-        ("fatal", "fatal"),
-        ("panic", "fatal"),
-        ("emerg", "fatal"),
-        ("emergency", "fatal"),
-        ("alert", "fatal"),
-    ];
     let v = value.trim();
     SPELLINGS
         .iter()
@@ -117,6 +136,13 @@ pub fn detect_from_line(line: &str) -> &'static str {
     let mut best: Option<(u8, &'static str)> = None;
     for word in head.split(|c: char| !c.is_ascii_alphabetic()) {
         if word.len() < 3 || word.len() > 8 {
+            continue;
+        }
+        if !word
+            .as_bytes()
+            .first()
+            .is_some_and(|&b| FIRST_BYTES[usize::from(b)])
+        {
             continue;
         }
         let level = normalize(word);
@@ -249,6 +275,22 @@ mod tests {
         assert_eq!(level_of("[INFO] started; no problems"), "info");
         assert_eq!(level_of("GET /index.html 200"), "unknown");
         assert_eq!(level_of("information about interface"), "unknown");
+    }
+
+    #[test]
+    fn level_words_of_every_spelling_are_found_in_either_case() {
+        // Words are screened by their first byte before they are looked up; a spelling
+        // whose first byte the screen refuses would never be found.
+        for (spelling, level) in SPELLINGS {
+            if !(3..=8).contains(&spelling.len()) || spelling.len() == 3 {
+                continue;
+            }
+            for word in [spelling.to_string(), spelling.to_ascii_uppercase()] {
+                let line = format!("2024-01-01 12:00:00 [{word}] something happened");
+                assert_eq!(level_of(&line), level, "{line}");
+            }
+        }
+        assert_eq!(level_of("2024-01-01 WRN disk nearly full"), "warn");
     }
 
     #[test]
