@@ -402,30 +402,50 @@ pub fn decode_block(bytes: &[u8]) -> Result<(BlockMeta, Vec<Entry>), Error> {
     })?
 }
 
-/// Verifies a block, decompresses its payload into this thread's reusable buffer and
+/// Verifies a block, decompresses its payload into this thread's reusable buffers and
 /// hands it to `f`: no allocation (nor fresh pages to fault in) per block, which matters
 /// when most blocks are only scanned for a substring and dropped.
 pub fn with_decompressed<R>(
     bytes: &[u8],
     f: impl FnOnce(&BlockMeta, Payload<'_>) -> R,
 ) -> Result<R, Error> {
+    with_decompressed_early(bytes, |_, _| None, f)
+}
+
+/// [`with_decompressed`] with a look at the line text first: `early` gets the header and
+/// what [`Payload::text`] would give, and when it returns a result the block ends there,
+/// its columns frame never decompressed (a substring search skipping a block pays for
+/// the lines frame only).
+pub fn with_decompressed_early<R>(
+    bytes: &[u8],
+    early: impl FnOnce(&BlockMeta, &[u8]) -> Option<R>,
+    f: impl FnOnce(&BlockMeta, Payload<'_>) -> R,
+) -> Result<R, Error> {
     let h = read_block_header(bytes)?;
     with_scratch(|dctx, first, second| {
         let out = if h.version == BLOCK_VERSION_ROWS {
             decompress_exact(dctx, h.payload, first, h.uncompressed, "payload")?;
-            f(&h.meta, Payload::Rows(first))
+            match early(&h.meta, first) {
+                Some(r) => r,
+                None => f(&h.meta, Payload::Rows(first)),
+            }
         } else {
             let (columns_z, columns_len, lines_z) = split_columns(&h)?;
-            decompress_exact(dctx, columns_z, first, columns_len, "columns")?;
             let lines_len = h.uncompressed - columns_len;
             decompress_exact(dctx, lines_z, second, lines_len, "lines")?;
-            f(
-                &h.meta,
-                Payload::Columns {
-                    columns: first,
-                    lines: second,
-                },
-            )
+            match early(&h.meta, second) {
+                Some(r) => r,
+                None => {
+                    decompress_exact(dctx, columns_z, first, columns_len, "columns")?;
+                    f(
+                        &h.meta,
+                        Payload::Columns {
+                            columns: first,
+                            lines: second,
+                        },
+                    )
+                }
+            }
         };
         // A rare huge block must not pin its buffers in every thread for good.
         for buf in [first, second] {
@@ -939,6 +959,35 @@ pub(crate) mod tests {
         let b = SealedBlock::seal(vec![entry(1, "alpha"), entry(2, "beta")], 1).unwrap();
         let text = with_decompressed(&b.bytes, |_, p| p.text().to_vec()).unwrap();
         assert_eq!(text, b"alphabeta");
+    }
+
+    #[test]
+    fn an_early_answer_ends_the_block_and_none_reads_on() {
+        let b = SealedBlock::seal(vec![entry(1, "alpha"), entry(2, "beta")], 1).unwrap();
+        let mut seen = Vec::new();
+        let r = with_decompressed_early(
+            &b.bytes,
+            |meta, text| {
+                seen = text.to_vec();
+                (meta.count == 2).then_some(0usize)
+            },
+            |_, _| panic!("the early answer was not taken"),
+        );
+        assert_eq!(r.unwrap(), 0);
+        assert_eq!(seen, b"alphabeta");
+        let n = with_decompressed_early(
+            &b.bytes,
+            |_, _| None,
+            |meta, raw| parse_payload(meta, raw).unwrap().len(),
+        );
+        assert_eq!(n.unwrap(), 2);
+        let v1 = seal_v1(&[entry(1, "first line")]);
+        let n = with_decompressed_early(
+            &v1,
+            |_, _| None,
+            |meta, raw| parse_payload(meta, raw).unwrap().len(),
+        );
+        assert_eq!(n.unwrap(), 1);
     }
 
     #[test]

@@ -824,28 +824,29 @@ fn decode_kept(
     block: &BlockInfo,
     filter: &BlockFilter,
 ) -> Result<Vec<Entry>, Error> {
-    let decoded = chunk::with_decompressed(bytes, |meta, raw| {
+    // The header and the line text first: a block the filter rules out ends there,
+    // before its columns are decompressed.
+    let early = |meta: &chunk::BlockMeta, text: &[u8]| {
         if *meta != block.meta {
-            return Err(Error::CorruptSegment {
+            return Some(Err(Error::CorruptSegment {
                 key: seg.path.to_string(),
                 what: format!(
                     "block at {} disagrees with the footer: {meta:?} vs {:?}",
                     block.offset, block.meta
                 ),
-            });
+            }));
         }
+        (!filter.is_empty() && !filter.may_match(text)).then(|| Ok(Vec::new()))
+    };
+    chunk::with_decompressed_early(bytes, early, |meta, raw| {
         if filter.is_empty() {
             return Ok(chunk::parse_payload(meta, raw)?);
-        }
-        if !filter.may_match(raw.text()) {
-            return Ok(Vec::new());
         }
         let mut kept =
             chunk::parse_payload_if(meta, raw, |line| filter.may_match(line.as_bytes()))?;
         kept.shrink_to_fit();
         Ok(kept)
-    })?;
-    decoded
+    })?
 }
 
 /// Counts a block's entries per span `(edges[i-1], edges[i]]` and metadata set from its
