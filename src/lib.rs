@@ -6,6 +6,7 @@ pub mod api;
 pub mod chunk;
 pub mod cli;
 pub mod clock;
+pub mod compaction;
 pub mod config;
 pub mod distributor;
 pub mod index;

@@ -207,21 +207,62 @@ impl BlockSummary {
     }
 }
 
+/// zstd levels of a block's two frames. The ingester seals at [`ZSTD_LEVEL`] for speed;
+/// segment compaction seals again at a higher level, once, for bytes at rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compression {
+    /// Level of the lines frame.
+    pub lines_level: i32,
+    /// Level of the columns frame (timestamps, lengths, metadata).
+    pub columns_level: i32,
+}
+
+impl Compression {
+    /// Both frames at `level`.
+    pub fn at(level: i32) -> Compression {
+        Compression {
+            lines_level: level,
+            columns_level: level,
+        }
+    }
+}
+
 impl SealedBlock {
     /// Sorts `entries` by timestamp (stable, so equal timestamps keep push order) and
-    /// compresses them into one block.
+    /// compresses them into one block, the lines at `level`.
     pub fn seal(entries: Vec<Entry>, level: i32) -> Result<SealedBlock, Error> {
-        SealedBlock::try_seal(entries, level).map_err(|(e, _)| e)
+        SealedBlock::seal_with(
+            entries,
+            Compression {
+                lines_level: level,
+                columns_level: COLUMNS_LEVEL,
+            },
+        )
+    }
+
+    /// [`SealedBlock::seal`] with both frames' zstd levels chosen by the caller.
+    pub fn seal_with(entries: Vec<Entry>, compression: Compression) -> Result<SealedBlock, Error> {
+        SealedBlock::try_seal_with(entries, compression).map_err(|(e, _)| e)
     }
 
     /// [`SealedBlock::seal`], handing the entries back (sorted) when they cannot be
     /// sealed, so a caller holding acknowledged entries loses none.
-    pub fn try_seal(
+    pub fn try_seal(entries: Vec<Entry>, level: i32) -> Result<SealedBlock, (Error, Vec<Entry>)> {
+        SealedBlock::try_seal_with(
+            entries,
+            Compression {
+                lines_level: level,
+                columns_level: COLUMNS_LEVEL,
+            },
+        )
+    }
+
+    fn try_seal_with(
         mut entries: Vec<Entry>,
-        level: i32,
+        compression: Compression,
     ) -> Result<SealedBlock, (Error, Vec<Entry>)> {
         entries.sort_by_key(|e| e.timestamp_ns);
-        match encode_block(&entries, level) {
+        match encode_block(&entries, compression) {
             Ok((meta, out)) => Ok(SealedBlock {
                 meta,
                 bytes: Bytes::from(out),
@@ -233,7 +274,10 @@ impl SealedBlock {
 }
 
 /// Encodes entries sorted by timestamp as one v2 block: its header fields and bytes.
-fn encode_block(entries: &[Entry], level: i32) -> Result<(BlockMeta, Vec<u8>), Error> {
+fn encode_block(
+    entries: &[Entry],
+    compression: Compression,
+) -> Result<(BlockMeta, Vec<u8>), Error> {
     let meta = BlockMeta {
         min_ts: entries.first().map_or(0, |e| e.timestamp_ns),
         max_ts: entries.last().map_or(0, |e| e.timestamp_ns),
@@ -270,8 +314,8 @@ fn encode_block(entries: &[Entry], level: i32) -> Result<(BlockMeta, Vec<u8>), E
     for e in entries {
         lines.put_slice(e.line.as_bytes());
     }
-    let columns_z = zstd::bulk::compress(&columns, COLUMNS_LEVEL)?;
-    let lines_z = zstd::bulk::compress(&lines, level)?;
+    let columns_z = zstd::bulk::compress(&columns, compression.columns_level)?;
+    let lines_z = zstd::bulk::compress(&lines, compression.lines_level)?;
     let payload_len = 8 + columns_z.len() + lines_z.len();
     let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + payload_len);
     out.put_slice(BLOCK_MAGIC);

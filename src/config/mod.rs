@@ -150,15 +150,29 @@ impl Default for DistributorConfig {
     }
 }
 
-/// `compactor:` — the retention loop.
+/// `compactor:` — the retention loop, and after each retention pass the merge of small
+/// segments (`segment_compaction_*`, Lode-only keys: Loki's compactor compacts its index,
+/// not its chunks).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompactorConfig {
     /// Delete data past `limits_config.retention_period`. On by default, unlike Loki,
     /// because Lode's embedded defaults promise 31 days of retention.
     pub retention_enabled: bool,
-    /// How often the retention pass runs.
+    /// How often the retention pass (then the segment compaction pass) runs.
     pub compaction_interval: ConfigDuration,
+    /// Merge a tenant-day's small segments into larger, more compressed ones.
+    pub segment_compaction_enabled: bool,
+    /// A tenant-day is compacted once it has at least this many segments smaller than
+    /// `segment_compaction_target_size`.
+    pub segment_compaction_min_segments: usize,
+    /// Segments this large are left alone, and one merge reads at most this many bytes
+    /// of segments (the new segment is built in memory, so this bounds the pass's memory).
+    pub segment_compaction_target_size: ByteSize,
+    /// zstd level of the blocks compaction writes (the ingester writes level 1).
+    pub segment_compaction_zstd_level: i32,
+    /// Raw bytes (lines and structured metadata) per block compaction writes.
+    pub segment_compaction_block_size: ByteSize,
 }
 
 impl Default for CompactorConfig {
@@ -166,7 +180,70 @@ impl Default for CompactorConfig {
         CompactorConfig {
             retention_enabled: true,
             compaction_interval: ConfigDuration::from_secs(600),
+            segment_compaction_enabled: true,
+            segment_compaction_min_segments: 4,
+            segment_compaction_target_size: ByteSize(128 << 20),
+            segment_compaction_zstd_level: 11,
+            segment_compaction_block_size: ByteSize(1 << 20),
         }
+    }
+}
+
+impl CompactorConfig {
+    /// Checks the section; the error names the key to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: format!("compactor.{key}"),
+            reason,
+        };
+        let needs_loop = self.retention_enabled || self.segment_compaction_enabled;
+        if needs_loop && self.compaction_interval.is_zero() {
+            return Err(invalid(
+                "compaction_interval",
+                "0s with retention_enabled or segment_compaction_enabled: use a positive interval such as 10m".into(),
+            ));
+        }
+        if self.segment_compaction_min_segments < 2 {
+            return Err(invalid(
+                "segment_compaction_min_segments",
+                format!(
+                    "{} would rewrite lone segments over and over: use 2 or more (default 4)",
+                    self.segment_compaction_min_segments
+                ),
+            ));
+        }
+        let target = self.segment_compaction_target_size.bytes();
+        if !(1 << 20..=4 << 30).contains(&target) {
+            return Err(invalid(
+                "segment_compaction_target_size",
+                format!(
+                    "{} is outside 1MiB..4GiB (a merge holds its new segment in memory; default 128MiB)",
+                    self.segment_compaction_target_size
+                ),
+            ));
+        }
+        let levels = zstd::compression_level_range();
+        let level = self.segment_compaction_zstd_level;
+        if level < 1 || !levels.contains(&level) {
+            return Err(invalid(
+                "segment_compaction_zstd_level",
+                format!(
+                    "{level} is not a zstd level: use 1..={} (default 11)",
+                    levels.end()
+                ),
+            ));
+        }
+        let block = self.segment_compaction_block_size.bytes();
+        if !(16 << 10..=16 << 20).contains(&block) {
+            return Err(invalid(
+                "segment_compaction_block_size",
+                format!(
+                    "{} is outside 16KiB..16MiB (default 1MiB)",
+                    self.segment_compaction_block_size
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -323,12 +400,7 @@ impl LodeConfig {
                 ),
             ));
         }
-        if self.compactor.retention_enabled && self.compactor.compaction_interval.is_zero() {
-            return Err(invalid(
-                "compactor.compaction_interval",
-                "0s with retention_enabled: use a positive interval such as 10m".into(),
-            ));
-        }
+        self.compactor.validate()?;
         if !self.runtime_config.file.as_os_str().is_empty() && self.runtime_config.period.is_zero()
         {
             return Err(invalid(
@@ -581,6 +653,63 @@ mod tests {
         c.limits_config.ingestion_rate_mb = -2.0;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("ingestion_rate_mb"), "{err}");
+    }
+
+    #[test]
+    fn segment_compaction_keys_parse_and_bad_values_name_their_key() {
+        let c = LodeConfig::from_yaml(
+            "compactor:\n  segment_compaction_enabled: false\n  segment_compaction_min_segments: 8\n  segment_compaction_target_size: 256MiB\n  segment_compaction_zstd_level: 15\n  segment_compaction_block_size: 2MiB\n",
+        )
+        .unwrap();
+        assert!(!c.compactor.segment_compaction_enabled);
+        assert_eq!(c.compactor.segment_compaction_min_segments, 8);
+        assert_eq!(
+            c.compactor.segment_compaction_target_size.bytes(),
+            256 << 20
+        );
+        assert_eq!(c.compactor.segment_compaction_zstd_level, 15);
+        assert_eq!(c.compactor.segment_compaction_block_size.bytes(), 2 << 20);
+        c.validate().unwrap();
+        let d = LodeConfig::default().compactor;
+        assert!(d.segment_compaction_enabled);
+        assert_eq!(d.segment_compaction_min_segments, 4);
+        assert_eq!(d.segment_compaction_target_size.bytes(), 128 << 20);
+        assert_eq!(d.segment_compaction_zstd_level, 11);
+        assert_eq!(d.segment_compaction_block_size.bytes(), 1 << 20);
+        let bad = [
+            (
+                "segment_compaction_min_segments: 1",
+                "segment_compaction_min_segments",
+            ),
+            (
+                "segment_compaction_target_size: 10KB",
+                "segment_compaction_target_size",
+            ),
+            (
+                "segment_compaction_zstd_level: 0",
+                "segment_compaction_zstd_level",
+            ),
+            (
+                "segment_compaction_zstd_level: 99",
+                "segment_compaction_zstd_level",
+            ),
+            (
+                "segment_compaction_block_size: 1KB",
+                "segment_compaction_block_size",
+            ),
+            (
+                "segment_compaction_block_size: 64MiB",
+                "segment_compaction_block_size",
+            ),
+            ("compaction_interval: 0s", "compaction_interval"),
+        ];
+        for (line, key) in bad {
+            let c = LodeConfig::from_yaml(&format!("compactor:\n  {line}\n")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("compactor.{key}")), "{line}: {err}");
+        }
+        let err = LodeConfig::from_yaml("compactor:\n  segment_compaction_level: 3\n").unwrap_err();
+        assert!(err.contains("segment_compaction_level"), "{err}");
     }
 
     #[test]

@@ -181,6 +181,49 @@ impl TenantIndex {
         id
     }
 
+    fn add_segment(&mut self, segment: &Arc<SegmentMeta>) {
+        let f = &segment.footer;
+        for (si, s) in f.streams.iter().enumerate() {
+            let id = self.intern(&s.labels);
+            let day = self.days.entry(f.day).or_default();
+            let ds = day.add_stream(id, &s.labels);
+            for ci in 0..s.chunks.len() {
+                ds.chunks.push(SegmentChunk {
+                    segment: segment.clone(),
+                    stream: si,
+                    chunk: ci,
+                });
+            }
+        }
+    }
+
+    fn remove_segments(&mut self, day: Day, ids: &[SegmentId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let TenantIndex { labels, days, .. } = self;
+        let Some(d) = days.get_mut(&day) else {
+            return;
+        };
+        let touched: Vec<StreamId> = d
+            .streams
+            .iter_mut()
+            .filter_map(|(sid, s)| {
+                let before = s.chunks.len();
+                s.chunks.retain(|c| !ids.contains(&c.segment.id));
+                (s.chunks.len() != before).then_some(*sid)
+            })
+            .collect();
+        for sid in touched {
+            if let Some(l) = usize::try_from(sid.0).ok().and_then(|i| labels.get(i)) {
+                d.remove_stream_if_empty(sid, l);
+            }
+        }
+        if d.streams.is_empty() {
+            days.remove(&day);
+        }
+    }
+
     fn labels_of(&self, id: StreamId) -> Option<&LabelSet> {
         usize::try_from(id.0).ok().and_then(|i| self.labels.get(i))
     }
@@ -282,50 +325,28 @@ impl Index {
 
     /// Adds a segment's streams and chunks.
     pub fn add_segment(&self, segment: &Arc<SegmentMeta>) {
-        let f = &segment.footer;
         let mut tenants = self.tenants.write();
-        let t = tenants.entry(f.tenant.clone()).or_default();
-        for (si, s) in f.streams.iter().enumerate() {
-            let id = t.intern(&s.labels);
-            let day = t.days.entry(f.day).or_default();
-            let ds = day.add_stream(id, &s.labels);
-            for ci in 0..s.chunks.len() {
-                ds.chunks.push(SegmentChunk {
-                    segment: segment.clone(),
-                    stream: si,
-                    chunk: ci,
-                });
-            }
-        }
+        let t = tenants.entry(segment.footer.tenant.clone()).or_default();
+        t.add_segment(segment);
     }
 
     /// Removes a segment's chunks, and streams left with nothing on that day.
     pub fn remove_segment(&self, tenant: &TenantId, day: Day, id: SegmentId) {
         let mut tenants = self.tenants.write();
-        let Some(t) = tenants.get_mut(tenant) else {
-            return;
-        };
-        let TenantIndex { labels, days, .. } = t;
-        let Some(d) = days.get_mut(&day) else {
-            return;
-        };
-        let touched: Vec<StreamId> = d
-            .streams
-            .iter_mut()
-            .filter_map(|(sid, s)| {
-                let before = s.chunks.len();
-                s.chunks.retain(|c| c.segment.id != id);
-                (s.chunks.len() != before).then_some(*sid)
-            })
-            .collect();
-        for sid in touched {
-            if let Some(l) = usize::try_from(sid.0).ok().and_then(|i| labels.get(i)) {
-                d.remove_stream_if_empty(sid, l);
-            }
+        if let Some(t) = tenants.get_mut(tenant) {
+            t.remove_segments(day, &[id]);
         }
-        if d.streams.is_empty() {
-            days.remove(&day);
-        }
+    }
+
+    /// Adds `new` and removes the segments `old` of the same tenant and day under one
+    /// lock: a reader sees the chunks of `new` or those of `old`, never both nor neither.
+    /// (Compaction and retention rewrites: `new` holds every entry `old` held.)
+    pub fn replace_segments(&self, new: &Arc<SegmentMeta>, old: &[SegmentId]) {
+        let mut tenants = self.tenants.write();
+        let t = tenants.entry(new.footer.tenant.clone()).or_default();
+        // Added first, so a stream present in both never drops out of the postings.
+        t.add_segment(new);
+        t.remove_segments(new.footer.day, old);
     }
 
     /// Tenants with anything indexed.
@@ -567,6 +588,60 @@ mod tests {
             T0 + 100,
         );
         assert_eq!(series.len(), 2);
+    }
+
+    /// A segment of `apps`' streams, one entry each at `ts`.
+    fn segment(t: &TenantId, apps: &[&str], ts: i64) -> Arc<SegmentMeta> {
+        use crate::storage::segment::{encode, FlushChunk};
+        let chunks: Vec<FlushChunk> = apps
+            .iter()
+            .map(|a| FlushChunk {
+                labels: LabelSet::parse(&format!(r#"{{app="{a}"}}"#)).unwrap(),
+                blocks: vec![crate::chunk::SealedBlock::seal(
+                    vec![lode_push::Entry {
+                        timestamp_ns: ts,
+                        line: "x".into(),
+                        structured_metadata: vec![],
+                    }],
+                    1,
+                )
+                .unwrap()],
+            })
+            .collect();
+        let (bytes, footer) = encode(t, Day::of_ns(ts), &chunks, &[], &[]);
+        let id = SegmentId::new(ts);
+        Arc::new(SegmentMeta {
+            id,
+            path: crate::storage::segment_path(t, footer.day, id),
+            size: bytes.len() as u64,
+            footer,
+        })
+    }
+
+    #[test]
+    fn replacing_segments_swaps_their_chunks_in_one_step() {
+        let idx = Index::new();
+        let t = TenantId::new("t").unwrap();
+        let a = segment(&t, &["api", "web"], T0);
+        let b = segment(&t, &["api"], T0 + 1);
+        idx.add_segment(&a);
+        idx.add_segment(&b);
+        let merged = segment(&t, &["api", "web"], T0 + 2);
+        idx.replace_segments(&merged, &[a.id, b.id]);
+        let api = idx.stream_id(&t, &LabelSet::parse(r#"{app="api"}"#).unwrap());
+        let chunks = idx.segment_chunks(&t, api, T0, T0 + 100);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].segment.id, merged.id);
+        assert_eq!(apps(&idx, &t, &[]), ["api", "web"]);
+        // Nothing of the old segments is held any more.
+        assert_eq!(Arc::strong_count(&a), 1);
+        assert_eq!(Arc::strong_count(&b), 1);
+        // A stream only the old segments had is gone with them.
+        let lone = segment(&t, &["db"], T0 + 3);
+        idx.add_segment(&lone);
+        let empty = segment(&t, &[], T0 + 4);
+        idx.replace_segments(&empty, &[lone.id]);
+        assert_eq!(apps(&idx, &t, &[]), ["api", "web"]);
     }
 
     #[test]

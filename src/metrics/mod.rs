@@ -1,7 +1,7 @@
 //! Metrics: the Prometheus registry behind `/metrics` and the metric families of every part.
 //!
 //! Owns one [`Metrics`] value per process. Families used by several modules are fields here
-//! (`distributor`, `ingester`, `wal`, `retention`, `http`) so each part records into them
+//! (`distributor`, `ingester`, `wal`, `retention`, `compactor`, `http`) so each part records into them
 //! without knowing about the registry; a module that wants families of its own calls
 //! [`Metrics::register`] once at start. Names follow `lode_<subsystem>_<thing>_<unit>`;
 //! counters are registered without `_total`, which the encoder appends.
@@ -149,6 +149,24 @@ pub struct RetentionMetrics {
     pub runs: Counter,
 }
 
+/// What segment compaction records.
+#[derive(Debug, Default)]
+pub struct CompactorMetrics {
+    /// `lode_compactor_compacted_segments_total{tenant}`: segments merged into others
+    /// (and deleted).
+    pub compacted_segments: Family<TenantLabels, Counter>,
+    /// `lode_compactor_written_segments_total{tenant}`: segments written by merges.
+    pub written_segments: Family<TenantLabels, Counter>,
+    /// `lode_compactor_compacted_bytes_total{tenant}`: object bytes of the merged segments.
+    pub compacted_bytes: Family<TenantLabels, Counter>,
+    /// `lode_compactor_written_bytes_total{tenant}`: object bytes of the segments written.
+    pub written_bytes: Family<TenantLabels, Counter>,
+    /// `lode_compactor_failures_total{tenant}`: merges that failed (old segments kept).
+    pub failures: Family<TenantLabels, Counter>,
+    /// `lode_compactor_runs_total`: compaction passes completed.
+    pub runs: Counter,
+}
+
 /// What the HTTP layer records.
 #[derive(Debug)]
 pub struct HttpMetrics {
@@ -162,6 +180,7 @@ pub struct Metrics {
     pub wal: WalMetrics,
     pub ingester: IngesterMetrics,
     pub retention: RetentionMetrics,
+    pub compactor: CompactorMetrics,
     pub http: HttpMetrics,
     registry: Mutex<Registry>,
 }
@@ -204,6 +223,7 @@ impl Metrics {
                 memory_bytes: Gauge::default(),
             },
             retention: RetentionMetrics::default(),
+            compactor: CompactorMetrics::default(),
             http: HttpMetrics {
                 request_duration: Family::new_with_constructor(latency_histogram),
             },
@@ -304,6 +324,37 @@ impl Metrics {
                 "lode_retention_runs",
                 "Retention passes completed",
                 t.runs.clone(),
+            );
+            let c = &metrics.compactor;
+            r.register(
+                "lode_compactor_compacted_segments",
+                "Segments merged into larger ones by compaction",
+                c.compacted_segments.clone(),
+            );
+            r.register(
+                "lode_compactor_written_segments",
+                "Segments written by compaction",
+                c.written_segments.clone(),
+            );
+            r.register(
+                "lode_compactor_compacted_bytes",
+                "Object bytes of the segments compaction merged",
+                c.compacted_bytes.clone(),
+            );
+            r.register(
+                "lode_compactor_written_bytes",
+                "Object bytes of the segments compaction wrote",
+                c.written_bytes.clone(),
+            );
+            r.register(
+                "lode_compactor_failures",
+                "Segment merges that failed; their segments stay and are retried",
+                c.failures.clone(),
+            );
+            r.register(
+                "lode_compactor_runs",
+                "Segment compaction passes completed",
+                c.runs.clone(),
             );
             r.register(
                 "lode_request_duration_seconds",

@@ -2,7 +2,9 @@
 //! and the cut-off reads apply so they never return such data even before it is deleted.
 //!
 //! Owns enforcing the `compactor:` section (`retention_enabled`, `compaction_interval`;
-//! the struct is [`crate::config::CompactorConfig`]), the cut-off arithmetic (`limits_config.retention_period`, per-tenant overrides, per-stream
+//! the struct is [`crate::config::CompactorConfig`]) and its loop — each interval a
+//! retention pass, then a segment compaction pass ([`crate::compaction`], which leaves
+//! alone any segment holding data past retention) — the cut-off arithmetic (`limits_config.retention_period`, per-tenant overrides, per-stream
 //! `retention_stream` rules where the highest priority match wins), and the deletion
 //! itself: a segment whose every chunk is past its stream's cut-off is deleted as a whole
 //! object; a segment where only some streams' chunks are past theirs is rewritten without
@@ -22,6 +24,7 @@ use lode_push::LabelSet;
 use parking_lot::Mutex;
 use query_lang::Matcher;
 
+use crate::compaction::{CompactionOptions, Compactor};
 pub use crate::config::CompactorConfig;
 use crate::limits::{Limits, LimitsConfig};
 use crate::metrics::{Metrics, TenantLabels};
@@ -79,6 +82,8 @@ pub struct Retention {
     /// Parsed rule sets, keyed by the selector text, so reads do not re-parse per stream.
     rules: Mutex<HashMap<String, Option<Vec<Matcher>>>>,
     metrics: arc_swap::ArcSwapOption<Metrics>,
+    /// Segment compaction, run after each retention pass; `None` when disabled.
+    compactor: Option<Compactor>,
 }
 
 impl std::fmt::Debug for Retention {
@@ -100,10 +105,14 @@ impl Retention {
                 "compactor.compaction_interval is 0s: use a positive duration such as 10m".into(),
             ));
         }
+        let compactor = cfg
+            .segment_compaction_enabled
+            .then(|| Compactor::new(CompactionOptions::from_config(&cfg), storage.clone()));
         Ok(Arc::new(Retention {
             cfg,
             storage,
             limits,
+            compactor,
             rules: Mutex::new(HashMap::new()),
             metrics: arc_swap::ArcSwapOption::empty(),
         }))
@@ -111,6 +120,9 @@ impl Retention {
 
     /// Sends `lode_retention_*` counters to the process's registry from now on.
     pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        if let Some(c) = &self.compactor {
+            c.set_metrics(metrics.clone());
+        }
         self.metrics.store(Some(metrics));
     }
 
@@ -152,12 +164,13 @@ impl Retention {
             .collect()
     }
 
-    /// Spawns the compactor loop: a retention pass every `compaction_interval` (the first
-    /// at once). Ends when the `Retention` is dropped; does nothing when retention is off.
+    /// Spawns the compactor loop: every `compaction_interval` (the first at once) a
+    /// retention pass, then a segment compaction pass. Ends when the `Retention` is
+    /// dropped; does nothing when both retention and segment compaction are off.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Retention> = Arc::downgrade(self);
         let period = self.cfg.compaction_interval.0;
-        let enabled = self.cfg.retention_enabled;
+        let enabled = self.cfg.retention_enabled || self.compactor.is_some();
         tokio::spawn(async move {
             if !enabled {
                 return;
@@ -184,7 +197,31 @@ impl Retention {
                         tracing::error!(error = %e, "retention pass failed; retrying next interval")
                     }
                 }
+                r.compact_once(now).await;
             }
+        })
+    }
+
+    /// One segment compaction pass (nothing when `segment_compaction_enabled` is off).
+    /// Segments holding anything past retention as of `now_ns` are left to retention.
+    pub async fn compact_once(&self, now_ns: i64) -> crate::compaction::PassStats {
+        let Some(compactor) = &self.compactor else {
+            return crate::compaction::PassStats::default();
+        };
+        let skip = |seg: &SegmentMeta| self.expires_any(seg, now_ns);
+        compactor.run_once(&skip).await
+    }
+
+    /// Whether retention would delete or rewrite `seg` as of `now_ns`.
+    fn expires_any(&self, seg: &SegmentMeta, now_ns: i64) -> bool {
+        if !self.cfg.retention_enabled {
+            return false;
+        }
+        let limits = self.limits.for_tenant(&seg.footer.tenant);
+        let rules = self.stream_rules(&limits);
+        seg.footer.streams.iter().any(|s| {
+            let cut = stream_cutoff(&rules, &limits, &s.labels, now_ns);
+            s.chunks.iter().any(|c| c.meta.max_ts < cut)
         })
     }
 

@@ -50,6 +50,8 @@ pub enum Error {
     },
     #[error("segment {key} is corrupt: {what}")]
     CorruptSegment { key: String, what: String },
+    #[error("segment {key} no longer exists (compaction merged it or retention deleted it while this read ran): run the query again")]
+    Gone { key: String },
     #[error(transparent)]
     Chunk(#[from] chunk::Error),
     #[error("segment footer: {0}")]
@@ -330,7 +332,15 @@ impl SegmentReader {
                             key: meta.path.to_string(),
                             source: e,
                         })?;
-                let f = Arc::new(std::fs::File::open(path).map_err(io)?);
+                let f = match std::fs::File::open(path) {
+                    Ok(f) => Arc::new(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(Error::Gone {
+                            key: meta.path.to_string(),
+                        })
+                    }
+                    Err(e) => return Err(io(e)),
+                };
                 self.files.lock().put(meta.id, f.clone());
                 f
             }
@@ -353,10 +363,15 @@ impl SegmentReader {
         self.store
             .get_range(&meta.path, range)
             .await
-            .map_err(|e| Error::ObjectStore {
-                action: "read",
-                key: meta.path.to_string(),
-                source: e,
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => Error::Gone {
+                    key: meta.path.to_string(),
+                },
+                e => Error::ObjectStore {
+                    action: "read",
+                    key: meta.path.to_string(),
+                    source: e,
+                },
             })
     }
 
@@ -575,7 +590,8 @@ impl Storage {
             .collect();
         for meta in metas {
             if replaced.contains(&meta.id) {
-                // A retention rewrite finished but died before deleting what it replaced.
+                // A retention rewrite or a compaction wrote its new segment but died before
+                // deleting what it replaced: the new one holds every entry of the old.
                 self.delete_object(&meta.path).await?;
                 continue;
             }
@@ -662,6 +678,21 @@ impl Storage {
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?;
+        let meta = self.put_segment(id, path, bytes, footer).await?;
+        let replaces = meta.footer.replaces.clone();
+        self.replace_segments(meta.clone(), &replaces);
+        Ok(meta)
+    }
+
+    /// Writes an encoded segment object under `path` without making it visible to
+    /// reads (see [`Storage::replace_segments`]).
+    pub async fn put_segment(
+        &self,
+        id: SegmentId,
+        path: ObjectPath,
+        bytes: Vec<u8>,
+        footer: Footer,
+    ) -> Result<Arc<SegmentMeta>, Error> {
         let size = bytes.len() as u64;
         self.store
             .put(&path, bytes.into())
@@ -671,25 +702,59 @@ impl Storage {
                 key: path.to_string(),
                 source: e,
             })?;
-        let meta = Arc::new(SegmentMeta {
+        Ok(Arc::new(SegmentMeta {
             id,
             path,
             size,
             footer,
-        });
-        for old in &meta.footer.replaces {
-            self.forget(tenant, day, *old);
-        }
-        self.register(meta.clone());
-        Ok(meta)
+        }))
     }
 
-    /// Drops a segment from the catalog and index (reads stop seeing it at once).
+    /// Makes `new` visible and `old` (segments of the same tenant and day) invisible in
+    /// one step of the index, so no query sees both or neither; then closes the old
+    /// segments' files and drops their cached blocks. The old objects are not deleted:
+    /// queries may still hold them (see [`Storage::delete_object`]).
+    pub fn replace_segments(&self, new: Arc<SegmentMeta>, old: &[SegmentId]) {
+        let tenant = new.footer.tenant.clone();
+        self.index.replace_segments(&new, old);
+        {
+            let mut segments = self.segments.write();
+            let m = segments.entry(tenant).or_default();
+            for id in old {
+                m.remove(id);
+            }
+            m.insert(new.id, new);
+        }
+        for id in old {
+            self.reader.forget(*id);
+            self.evict(*id);
+        }
+    }
+
+    /// Drops a segment from the catalog and index (reads stop seeing it at once), closes
+    /// its file and evicts its cached blocks.
     pub fn forget(&self, tenant: &TenantId, day: Day, id: SegmentId) {
         self.index.remove_segment(tenant, day, id);
         self.reader.forget(id);
         if let Some(m) = self.segments.write().get_mut(tenant) {
             m.remove(&id);
+        }
+        self.evict(id);
+    }
+
+    /// Removes a segment's blocks from the decoded-block cache.
+    fn evict(&self, id: SegmentId) {
+        let mut cache = self.cache.lock();
+        let keys: Vec<CacheKey> = cache
+            .lru
+            .iter()
+            .filter(|(k, _)| k.0 == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some((_, size)) = cache.lru.pop(&k) {
+                cache.bytes -= size;
+            }
         }
     }
 
@@ -776,6 +841,22 @@ impl Storage {
     ) -> Result<Vec<BlockCount>, Error> {
         self.on_block(meta, block, move |bytes| {
             count_columns(bytes, &edges).map_err(Error::from)
+        })
+        .await
+    }
+
+    /// One block's entries in time order, decoded on the decode pool without going
+    /// through the block cache (compaction reads every block once; caching them would
+    /// only evict what queries use).
+    pub async fn read_block_uncached(
+        &self,
+        meta: &Arc<SegmentMeta>,
+        block: &BlockInfo,
+    ) -> Result<Vec<Entry>, Error> {
+        let (seg, info) = (meta.clone(), *block);
+        let all = BlockFilter::default();
+        self.on_block(meta, block, move |bytes| {
+            decode_kept(bytes, &seg, &info, &all)
         })
         .await
     }

@@ -14,7 +14,8 @@
 //!          tenant            u32 len + utf-8
 //!          day               i64   days since 1970-01-01 (UTC)
 //!          replaces_count    u32, then that many segment ids (u128 each): segments this
-//!                            one rewrote (retention); readers ignore those if both exist
+//!                            one rewrote (retention) or merged (compaction); readers
+//!                            ignore those if both exist, and startup deletes them
 //!          stream_count      u32
 //!          per stream:       labels (u32 len + utf-8), chunk_count u32
 //!            per chunk:      offset u64 | len u64 | min_ts i64 | max_ts i64 | count u32 |
@@ -152,31 +153,99 @@ pub fn encode(
     copied: &[CopiedChunk],
     replaces: &[SegmentId],
 ) -> (Vec<u8>, Footer) {
-    let mut out = Vec::new();
-    out.put_slice(MAGIC);
-    out.put_u16_le(VERSION);
-    out.put_u16_le(0);
-    let mut streams: Vec<StreamInfo> = Vec::new();
-    let mut push =
-        |labels: &LabelSet, info: ChunkInfo| match streams.iter_mut().find(|s| &s.labels == labels)
-        {
-            Some(s) => s.chunks.push(info),
-            None => streams.push(StreamInfo {
-                labels: labels.clone(),
-                chunks: vec![info],
-            }),
-        };
-    for c in chunks.iter().filter(|c| !c.blocks.is_empty()) {
-        let offset = out.len() as u64;
-        let refs = chunk::chunk_block_refs(&c.blocks);
-        let bytes = chunk::encode_chunk(&c.blocks);
+    let mut w = SegmentWriter::new(tenant, day, replaces);
+    for c in chunks {
+        w.add_chunk(&c.labels, &c.blocks);
+    }
+    for c in copied {
+        w.add_copied(c);
+    }
+    w.finish()
+}
+
+/// Builds one segment object chunk by chunk, so a writer that produces chunks one at a
+/// time (compaction) holds only the encoded bytes, never every chunk's blocks as well.
+pub struct SegmentWriter {
+    out: Vec<u8>,
+    footer: Footer,
+    /// Footer stream index by labels: chunks of a stream share one footer entry.
+    by_labels: std::collections::HashMap<LabelSet, usize>,
+}
+
+impl SegmentWriter {
+    /// A segment of `tenant` and `day` superseding `replaces`, its header written.
+    pub fn new(tenant: &TenantId, day: Day, replaces: &[SegmentId]) -> SegmentWriter {
+        SegmentWriter::with_capacity(tenant, day, replaces, 0)
+    }
+
+    /// Like [`SegmentWriter::new`], reserving `capacity` bytes up front (an estimate of
+    /// the object's size saves copying it as it grows).
+    pub fn with_capacity(
+        tenant: &TenantId,
+        day: Day,
+        replaces: &[SegmentId],
+        capacity: usize,
+    ) -> SegmentWriter {
+        let mut out = Vec::with_capacity(capacity.max(HEADER_LEN));
+        out.put_slice(MAGIC);
+        out.put_u16_le(VERSION);
+        out.put_u16_le(0);
+        SegmentWriter {
+            out,
+            footer: Footer {
+                tenant: tenant.clone(),
+                day,
+                replaces: replaces.to_vec(),
+                streams: Vec::new(),
+            },
+            by_labels: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Bytes written so far (header and chunks).
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// True before any chunk.
+    pub fn is_empty(&self) -> bool {
+        self.out.len() == HEADER_LEN
+    }
+
+    fn push(&mut self, labels: &LabelSet, info: ChunkInfo) {
+        match self.by_labels.get(labels) {
+            Some(&i) => {
+                if let Some(s) = self.footer.streams.get_mut(i) {
+                    s.chunks.push(info);
+                }
+            }
+            None => {
+                self.by_labels
+                    .insert(labels.clone(), self.footer.streams.len());
+                self.footer.streams.push(StreamInfo {
+                    labels: labels.clone(),
+                    chunks: vec![info],
+                });
+            }
+        }
+    }
+
+    /// Appends one chunk of `labels` made of `blocks` (nothing when there are none). The
+    /// blocks' summaries, computed when they were sealed, go into the footer.
+    pub fn add_chunk(&mut self, labels: &LabelSet, blocks: &[SealedBlock]) {
+        if blocks.is_empty() {
+            return;
+        }
+        let offset = self.out.len() as u64;
+        let refs = chunk::chunk_block_refs(blocks);
+        let bytes = chunk::encode_chunk(blocks);
         let mut meta = BlockMeta {
             min_ts: 0,
             max_ts: 0,
             count: 0,
             raw_bytes: 0,
         };
-        let summaries = c.blocks.iter().map(|b| b.summary.clone()).collect();
+        let summaries = blocks.iter().map(|b| b.summary.clone()).collect();
         let blocks = refs
             .iter()
             .map(|r| {
@@ -188,9 +257,9 @@ pub fn encode(
                 }
             })
             .collect();
-        out.extend_from_slice(&bytes);
-        push(
-            &c.labels,
+        self.out.extend_from_slice(&bytes);
+        self.push(
+            labels,
             ChunkInfo {
                 meta,
                 offset,
@@ -200,8 +269,10 @@ pub fn encode(
             },
         );
     }
-    for c in copied {
-        let offset = out.len() as u64;
+
+    /// Appends an already-encoded chunk verbatim (retention rewrites).
+    pub fn add_copied(&mut self, c: &CopiedChunk) {
+        let offset = self.out.len() as u64;
         let shift = |b: &BlockInfo| BlockInfo {
             offset: b.offset - c.info.offset + offset,
             ..*b
@@ -213,23 +284,24 @@ pub fn encode(
             blocks: c.info.blocks.iter().map(shift).collect(),
             summaries: c.info.summaries.clone(),
         };
-        out.extend_from_slice(&c.bytes);
-        push(&c.labels, info);
+        self.out.extend_from_slice(&c.bytes);
+        self.push(&c.labels, info);
     }
-    let footer = Footer {
-        tenant: tenant.clone(),
-        day,
-        replaces: replaces.to_vec(),
-        streams,
-    };
-    let start = out.len();
-    encode_footer(&mut out, &footer);
-    let footer_len = (out.len() - start) as u32;
-    let crc = crc32c::crc32c(out.get(start..).unwrap_or_default());
-    out.put_u32_le(footer_len);
-    out.put_u32_le(crc);
-    out.put_slice(MAGIC);
-    (out, footer)
+
+    /// Writes the footer and trailer: the object's bytes and what its footer says.
+    pub fn finish(self) -> (Vec<u8>, Footer) {
+        let SegmentWriter {
+            mut out, footer, ..
+        } = self;
+        let start = out.len();
+        encode_footer(&mut out, &footer);
+        let footer_len = (out.len() - start) as u32;
+        let crc = crc32c::crc32c(out.get(start..).unwrap_or_default());
+        out.put_u32_le(footer_len);
+        out.put_u32_le(crc);
+        out.put_slice(MAGIC);
+        (out, footer)
+    }
 }
 
 fn encode_footer(out: &mut Vec<u8>, f: &Footer) {
