@@ -43,13 +43,13 @@ const ENDS_SCALAR: [bool; 256] = {
     t
 };
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
+pub(super) const ONES: u64 = 0x0101_0101_0101_0101;
+pub(super) const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// The high bit of each byte of `x` equal to `b`, exact up to the lowest such byte
 /// (bytes above it may be flagged falsely): enough to find the first one.
 #[inline]
-fn bytes_equal(x: u64, b: u8) -> u64 {
+pub(super) fn bytes_equal(x: u64, b: u8) -> u64 {
     let y = x ^ (ONES * u64::from(b));
     y.wrapping_sub(ONES) & !y & HIGHS
 }
@@ -373,13 +373,108 @@ impl Wanted {
     }
 }
 
-/// Not an error: a probe's parse ends here because every label it stores is settled.
+/// The labels a parser under parser hints must extract before it may stop reading a
+/// line: Loki's "all required labels extracted". Loki's parsers end a line there, without
+/// looking at the rest, so a syntax error after that point is no error; this is the same
+/// point. A name is extracted once a parser (or `label_format`) has set it as a parsed
+/// label under that exact name: a required stream-label name (`by (app)`) never is, nor
+/// `__error__`, and such queries read every line to its end, as Loki does.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Required {
+    // The wanted names, plus `x` for each wanted `x_extracted` (Loki adds both, since
+    // a parser cannot know before it reads a key whether it will collide). Empty when
+    // the parser never stops early: every label wanted, or more names than `Progress`
+    // has bits for.
+    names: Vec<String>,
+}
+
+/// Which [`Required`] names one parse of one line has extracted, one bit each.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Progress {
+    seen: u64,
+    full: u64,
+}
+
+impl Progress {
+    /// Whether every required name is extracted (never when the parser reads to the end).
+    #[inline]
+    pub(crate) fn done(&self) -> bool {
+        self.full != 0 && self.seen == self.full
+    }
+}
+
+impl Required {
+    /// The names a parser producing `wanted` must extract before it stops.
+    pub(crate) fn of(wanted: &Wanted) -> Self {
+        let Wanted::Only(wanted) = wanted else {
+            return Required::default();
+        };
+        let mut names: Vec<String> = Vec::new();
+        for n in wanted {
+            let base = n.strip_suffix(EXTRACTED_SUFFIX);
+            for name in std::iter::once(n.as_str()).chain(base) {
+                if !names.iter().any(|m| m == name) {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        if names.len() > 64 {
+            names.clear();
+        }
+        Required { names }
+    }
+
+    /// The progress of a parse starting on `lb`: names earlier stages already set count.
+    #[inline]
+    pub(crate) fn begin(&self, lb: &LabelsBuilder<'_>) -> Progress {
+        if self.names.is_empty() {
+            return Progress { seen: 0, full: 0 };
+        }
+        let full = u64::MAX >> (64 - self.names.len());
+        let mut seen = 0;
+        for (i, n) in self.names.iter().enumerate() {
+            if lb.has_parsed(n) {
+                seen |= 1 << i;
+            }
+        }
+        Progress { seen, full }
+    }
+
+    /// Records that the parser extracts the key `name` (whether or not this parse stores
+    /// it): it becomes the parsed label `name`, or `name_extracted` when a stream or
+    /// metadata label has that name. Returns whether every required name is extracted.
+    #[inline]
+    pub(crate) fn note(&self, p: &mut Progress, name: &str, lb: &LabelsBuilder<'_>) -> bool {
+        if p.full == 0 {
+            return false;
+        }
+        let collides = lb.is_stream_or_metadata(name);
+        for (i, r) in self.names.iter().enumerate() {
+            let hit = if collides {
+                r.strip_suffix(EXTRACTED_SUFFIX) == Some(name)
+            } else {
+                r == name
+            };
+            if hit {
+                p.seen |= 1 << i;
+            }
+        }
+        p.done()
+    }
+}
+
+const EXTRACTED_SUFFIX: &str = "_extracted";
+
+/// Not an error: the parse ends here because every label it must produce is known
+/// (all required labels extracted, or a probe's stored labels settled).
 const SETTLED: &str = "settled";
 
 /// Where one parse puts its labels.
 struct Walk<'w, 'b, 'a> {
     store: &'w Wanted,
     stop: bool,
+    required: &'w Required,
+    progress: Progress,
     lb: &'b mut LabelsBuilder<'a>,
 }
 
@@ -387,7 +482,18 @@ impl Walk<'_, '_, '_> {
     #[inline]
     fn add(&mut self, name: &str, value: &str) -> JsonResult<()> {
         self.lb.add_extracted(name, value);
-        if self.stop && self.store.settled(self.lb) {
+        if self.required.note(&mut self.progress, name, self.lb)
+            || self.stop && self.store.settled(self.lb)
+        {
+            return Err(SETTLED);
+        }
+        Ok(())
+    }
+
+    /// A value the full parse stores as `name` but this parse does not.
+    #[inline]
+    fn pass(&mut self, name: &str) -> JsonResult<()> {
+        if self.required.note(&mut self.progress, name, self.lb) {
             return Err(SETTLED);
         }
         Ok(())
@@ -398,12 +504,30 @@ impl Walk<'_, '_, '_> {
 #[derive(Clone, Debug, Default)]
 pub struct JsonParser {
     pub(crate) wanted: Wanted,
+    required: Required,
 }
 
 impl JsonParser {
     /// A parser producing every label.
     pub fn new() -> Self {
         JsonParser::default()
+    }
+
+    /// A parser producing only the `wanted` labels (Loki's parser hints), which ends a
+    /// line as soon as it has extracted all of them.
+    pub(crate) fn with_wanted(wanted: &Wanted) -> Self {
+        JsonParser {
+            wanted: wanted.clone(),
+            required: Required::of(wanted),
+        }
+    }
+
+    /// The same parser reading every line to its end: the reference its early stop is
+    /// tested against.
+    #[cfg(test)]
+    pub(crate) fn without_early_stop(mut self) -> Self {
+        self.required = Required::default();
+        self
     }
 
     /// Parses `line` into `lb`, setting `JSONParserErr` on malformed input.
@@ -432,10 +556,21 @@ impl JsonParser {
     }
 
     fn run(&self, line: &str, store: &Wanted, stop: bool, lb: &mut LabelsBuilder<'_>) {
+        let progress = self.required.begin(lb);
+        if progress.done() {
+            // Earlier stages set every required label: Loki skips the parser.
+            return;
+        }
         let mut sc = Scanner::new(line);
         sc.skip_ws();
         let mut prefix = lb.take_scratch();
-        let mut walk = Walk { store, stop, lb };
+        let mut walk = Walk {
+            store,
+            stop,
+            required: &self.required,
+            progress,
+            lb,
+        };
         let result = if sc.peek() == Some(b'{') {
             self.object(&mut sc, &mut prefix, &mut walk, 0)
         } else {
@@ -468,14 +603,21 @@ impl JsonParser {
                         } else {
                             walk.add(name, raw)?;
                         }
-                    } else if escaped {
-                        decode_escapes(raw, None)?;
+                    } else {
+                        if escaped {
+                            decode_escapes(raw, None)?;
+                        }
+                        walk.pass(name)?;
                     }
                 }
             }
             Value::Raw(raw) => {
-                if let Some(name) = name.filter(|n| walk.store.wants(n)) {
-                    walk.add(name, raw)?;
+                if let Some(name) = name {
+                    if walk.store.wants(name) {
+                        walk.add(name, raw)?;
+                    } else {
+                        walk.pass(name)?;
+                    }
                 }
             }
             Value::Null | Value::Skipped => {}
