@@ -15,7 +15,9 @@
 
 use std::borrow::Cow;
 
-use super::labels::{is_clean_label_name, sanitize_label_name, LabelsBuilder, JSON_PARSER_ERR};
+use super::labels::{
+    is_clean_label_name, name_bit, sanitize_label_name, LabelsBuilder, JSON_PARSER_ERR,
+};
 
 const MALFORMED_OBJECT: &str = "Value looks like object, but can't find closing '}' symbol";
 const MALFORMED_STRING: &str = "Value is string, but can't find closing '\"' symbol";
@@ -365,6 +367,18 @@ impl Wanted {
         }
     }
 
+    /// The `name_bit`s of every name [`Self::wants`] may say yes to: a name whose bit is
+    /// not set is not wanted, without comparing strings.
+    pub(crate) fn bits(&self) -> u64 {
+        match self {
+            Wanted::All => u64::MAX,
+            Wanted::Only(names) => names.iter().fold(0, |m, n| {
+                let base = n.strip_suffix(EXTRACTED_SUFFIX).map_or(0, name_bit);
+                m | name_bit(n) | base
+            }),
+        }
+    }
+
     fn wants_prefix(&self, prefix: &str) -> bool {
         match self {
             Wanted::All => true,
@@ -501,16 +515,23 @@ impl Walk<'_, '_, '_> {
 }
 
 /// `| json` without parameters: every scalar field, flattened.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct JsonParser {
     pub(crate) wanted: Wanted,
+    wanted_bits: u64,
     required: Required,
+}
+
+impl Default for JsonParser {
+    fn default() -> Self {
+        JsonParser::new()
+    }
 }
 
 impl JsonParser {
     /// A parser producing every label.
     pub fn new() -> Self {
-        JsonParser::default()
+        JsonParser::with_wanted(&Wanted::All)
     }
 
     /// A parser producing only the `wanted` labels (Loki's parser hints), which ends a
@@ -518,6 +539,7 @@ impl JsonParser {
     pub(crate) fn with_wanted(wanted: &Wanted) -> Self {
         JsonParser {
             wanted: wanted.clone(),
+            wanted_bits: wanted.bits(),
             required: Required::of(wanted),
         }
     }
@@ -593,7 +615,7 @@ impl JsonParser {
         name: Option<&str>,
         walk: &mut Walk<'_, '_, '_>,
     ) -> JsonResult<()> {
-        let name = name.filter(|n| self.wanted.wants(n));
+        let name = name.filter(|n| self.wanted_bits & name_bit(n) != 0 && self.wanted.wants(n));
         match sc.value()? {
             Value::Str(raw, escaped) => {
                 if let Some(name) = name {

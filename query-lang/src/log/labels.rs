@@ -58,7 +58,7 @@ struct Parsed {
 
 /// A bit standing for `name` in a 64-bit set of names; different names may share one.
 #[inline]
-fn name_bit(name: &str) -> u64 {
+pub(crate) fn name_bit(name: &str) -> u64 {
     let b = name.as_bytes();
     let first = b.first().copied().unwrap_or(0) as usize;
     let last = b.last().copied().unwrap_or(0) as usize;

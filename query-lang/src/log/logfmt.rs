@@ -8,16 +8,19 @@
 use std::borrow::Cow;
 
 use super::json::{bytes_equal, quote_or_backslash, Required, Wanted, HIGHS, ONES};
-use super::labels::{is_clean_label_name, sanitize_label_name, LabelsBuilder, LOGFMT_PARSER_ERR};
+use super::labels::{
+    is_clean_label_name, name_bit, sanitize_label_name, LabelsBuilder, LOGFMT_PARSER_ERR,
+};
 
 /// `| logfmt [--strict] [--keep-empty] [label="key", ...]`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LogfmtParser {
     strict: bool,
     keep_empty: bool,
     // `(label, key)`: only these keys, renamed. Empty means every key.
     params: Vec<(String, String)>,
     pub(crate) wanted: Wanted,
+    wanted_bits: u64,
     required: Required,
 }
 
@@ -239,6 +242,12 @@ fn unquote(inner: &str, mut out: Option<&mut String>) -> bool {
     true
 }
 
+impl Default for LogfmtParser {
+    fn default() -> Self {
+        LogfmtParser::new(false, false, Vec::new())
+    }
+}
+
 impl LogfmtParser {
     /// Builds the parser; `params` are `(label, key)` pairs.
     pub fn new(strict: bool, keep_empty: bool, params: Vec<(String, String)>) -> Self {
@@ -247,6 +256,7 @@ impl LogfmtParser {
             keep_empty,
             params,
             wanted: Wanted::All,
+            wanted_bits: u64::MAX,
             required: Required::default(),
         }
     }
@@ -257,6 +267,7 @@ impl LogfmtParser {
     /// `--strict` reports a malformed pair only if it comes before that point.
     pub(crate) fn with_wanted(mut self, wanted: &Wanted) -> Self {
         self.wanted = wanted.clone();
+        self.wanted_bits = wanted.bits();
         if self.params.is_empty() {
             self.required = Required::of(wanted);
         }
@@ -338,7 +349,10 @@ impl LogfmtParser {
                         sanitized = sanitize_label_name(key);
                         sanitized.as_str()
                     };
-                    if name.is_empty() || !self.wanted.wants(name) {
+                    if name.is_empty()
+                        || self.wanted_bits & name_bit(name) == 0
+                        || !self.wanted.wants(name)
+                    {
                         continue;
                     }
                     // A name the full parse stores counts towards the early stop even
