@@ -410,6 +410,12 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
+    /// Whether the parse may stop early at all (not when every label is wanted).
+    #[inline]
+    pub(crate) fn done_possible(&self) -> bool {
+        self.full != 0
+    }
+
     /// Whether every required name is extracted (never when the parser reads to the end).
     #[inline]
     pub(crate) fn done(&self) -> bool {
@@ -496,7 +502,7 @@ impl Walk<'_, '_, '_> {
     #[inline]
     fn add(&mut self, name: &str, value: &str) -> JsonResult<()> {
         self.lb.add_extracted(name, value);
-        if self.required.note(&mut self.progress, name, self.lb)
+        if self.progress.done_possible() && self.required.note(&mut self.progress, name, self.lb)
             || self.stop && self.store.settled(self.lb)
         {
             return Err(SETTLED);
@@ -615,7 +621,10 @@ impl JsonParser {
         name: Option<&str>,
         walk: &mut Walk<'_, '_, '_>,
     ) -> JsonResult<()> {
-        let name = name.filter(|n| self.wanted_bits & name_bit(n) != 0 && self.wanted.wants(n));
+        let name = name.filter(|n| {
+            self.wanted_bits == u64::MAX
+                || self.wanted_bits & name_bit(n) != 0 && self.wanted.wants(n)
+        });
         match sc.value()? {
             Value::Str(raw, escaped) => {
                 if let Some(name) = name {

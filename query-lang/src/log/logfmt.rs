@@ -350,8 +350,8 @@ impl LogfmtParser {
                         sanitized.as_str()
                     };
                     if name.is_empty()
-                        || self.wanted_bits & name_bit(name) == 0
-                        || !self.wanted.wants(name)
+                        || self.wanted_bits != u64::MAX
+                            && (self.wanted_bits & name_bit(name) == 0 || !self.wanted.wants(name))
                     {
                         continue;
                     }
@@ -361,7 +361,7 @@ impl LogfmtParser {
                     if stored {
                         lb.add_extracted(name, &value.decode());
                     }
-                    if self.required.note(&mut progress, name, lb)
+                    if progress.done_possible() && self.required.note(&mut progress, name, lb)
                         || stored && stop && store.settled(lb)
                     {
                         return;
