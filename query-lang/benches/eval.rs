@@ -224,9 +224,180 @@ fn metric_million(c: &mut Criterion) {
     group.finish();
 }
 
+/// A small deterministic generator (xorshift64*) for the server-like lines.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len() as u64) as usize]
+    }
+}
+
+const SERVER_PATHS: [&str; 8] = [
+    "/api/v1/users",
+    "/api/v1/orders",
+    "/api/v1/cart",
+    "/healthz",
+    "/api/v1/search?q=shoes",
+    "/login",
+    "/static/app.js",
+    "/api/v1/payments/charge",
+];
+const SERVER_MESSAGES: [&str; 6] = [
+    "request completed",
+    "cache miss, fetching from upstream",
+    "user session refreshed",
+    "retrying upstream call",
+    "slow query detected",
+    "connection pool exhausted",
+];
+
+/// A line as `lode-loadgen` writes it for a JSON, logfmt or access-log app, and its level.
+fn server_line(rng: &mut Rng, format: &str, error_rate: u64, ts_ns: i64) -> (String, &'static str) {
+    let failed = rng.below(1000) < error_rate;
+    let status = if failed {
+        [500, 502, 503, 504][rng.below(4) as usize]
+    } else {
+        [200, 200, 200, 201, 204, 301, 404][rng.below(7) as usize]
+    };
+    let method = rng.pick(&["GET", "GET", "POST", "PUT"]);
+    let path = rng.pick(&SERVER_PATHS);
+    let ms = 1 + rng.below(1999);
+    let lvl = match (failed, rng.below(100)) {
+        (true, _) => "error",
+        (false, 0..=69) => "info",
+        (false, 70..=84) => "debug",
+        (false, 85..=96) => "warn",
+        _ => "error",
+    };
+    let msg = rng.pick(&SERVER_MESSAGES);
+    let trace = rng.below(u64::MAX);
+    let user = 1 + rng.below(49_999);
+    let secs = ts_ns / 1_000_000_000;
+    let ts = format!(
+        "2026-01-01T{:02}:{:02}:{:02}.{:03}Z",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+        ts_ns / 1_000_000 % 1000
+    );
+    let line = match format {
+        "json" => format!(
+            r#"{{"ts":"{ts}","level":"{lvl}","msg":"{msg}","method":"{method}","path":"{path}","status":{status},"duration_ms":{ms},"trace_id":"{trace:016x}","user_id":"u{user}"}}"#
+        ),
+        "logfmt" => format!(
+            r#"ts={ts} level={lvl} msg="{msg}" method={method} path={path} status={status} duration={ms}ms trace_id={trace:016x} user=u{user}"#
+        ),
+        _ => format!(
+            r#"10.{}.{}.{} - - [01/Jan/2026:{:02}:{:02}:{:02} +0000] "{method} {path} HTTP/1.1" {status} {} "-" "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0" {:.3}"#,
+            rng.below(255),
+            rng.below(255),
+            rng.below(255),
+            secs / 3600 % 24,
+            secs / 60 % 60,
+            secs % 60,
+            100 + rng.below(59_900),
+            ms as f64 / 1000.0,
+        ),
+    };
+    (line, lvl)
+}
+
+/// Lines per stream of the server-like source.
+const SERVER_LINES: usize = 5_000;
+
+/// Streams shaped as the server holds `lode-loadgen`'s data: three apps (JSON, logfmt,
+/// access log) × three namespaces × three pods, `SERVER_LINES` lines each over six hours,
+/// every line with the `detected_level` structured metadata the distributor adds.
+fn server_source() -> InMemorySource {
+    let mut src = InMemorySource::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for (app, format, error_rate) in [
+        ("api", "json", 20),
+        ("payments", "logfmt", 10),
+        ("web", "access", 10),
+    ] {
+        for ns in ["prod", "staging", "dev"] {
+            for pod in 0..3 {
+                let pod = format!("{app}-7d9f{pod}c-x{pod}q");
+                let job = format!("{ns}/{app}");
+                let labels = LabelSet::from_pairs([
+                    ("app", app),
+                    ("container", app),
+                    ("job", job.as_str()),
+                    ("namespace", ns),
+                    ("pod", pod.as_str()),
+                    ("service_name", app),
+                ])
+                .unwrap();
+                let step = 6 * HOUR_NS / SERVER_LINES as i64;
+                let entries: Vec<Entry> = (0..SERVER_LINES)
+                    .map(|i| {
+                        let ts = START_NS + i as i64 * step;
+                        let (line, lvl) = server_line(&mut rng, format, error_rate, ts);
+                        Entry {
+                            timestamp_ns: ts,
+                            line,
+                            structured_metadata: vec![(
+                                "detected_level".to_owned(),
+                                lvl.to_owned(),
+                            )],
+                        }
+                    })
+                    .collect();
+                src.push(labels, entries);
+            }
+        }
+    }
+    src
+}
+
+/// The baseline query classes of the end-to-end benchmark (`lode-querybench`), step 60s
+/// over six hours, on the server-like source.
+fn metric_server(c: &mut Criterion) {
+    let src = server_source();
+    let params = QueryParams::range(START_NS, START_NS + 6 * HOUR_NS, 60_000_000_000);
+    let mut group = c.benchmark_group("server");
+    let app_lines = 9 * SERVER_LINES as u64;
+    for (name, query, lines) in [
+        (
+            "logfmt_count_by_level",
+            r#"sum by (level) (count_over_time({app="payments"} | logfmt [5m]))"#,
+            app_lines,
+        ),
+        (
+            "json_unwrap_quantile_by_path",
+            r#"quantile_over_time(0.99, {app="api"} | json | unwrap duration_ms [5m]) by (path)"#,
+            app_lines,
+        ),
+        (
+            "json_error_ratio",
+            r#"sum(rate({app="api"} | json | status >= 500 [5m])) / sum(rate({app="api"}[5m]))"#,
+            2 * app_lines,
+        ),
+        (
+            "rate_contains_by_app",
+            r#"sum by (app) (rate({namespace="prod"} |= "error" [5m]))"#,
+            app_lines,
+        ),
+    ] {
+        let expr = parse_expr(query).unwrap();
+        group.throughput(Throughput::Elements(lines));
+        group.bench_function(name, |b| time(b, || eval(&expr, &params, &src).unwrap()));
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = pipelines, metric_queries, metric_million
+    targets = pipelines, metric_queries, metric_million, metric_server
 }
 criterion_main!(benches);

@@ -453,4 +453,97 @@ mod tests {
             assert_eq!(parse_expr(query).unwrap_err().to_string(), want, "{query}");
         }
     }
+
+    /// Streams of JSON and logfmt lines with `detected_level` metadata, some malformed.
+    fn mixed_source() -> InMemorySource {
+        let mut src = InMemorySource::new();
+        let levels = ["info", "warn", "error", "debug"];
+        for (pod, ns) in [("a", "prod"), ("b", "prod"), ("c", "dev")] {
+            let labels =
+                LabelSet::from_pairs([("app", "x"), ("namespace", ns), ("pod", pod)]).unwrap();
+            src.push(
+                labels,
+                (0..300).map(|i: usize| {
+                    let level = levels[(i * 7 + pod.len()) % 4];
+                    let line = match i % 5 {
+                        0 => format!("level={level} status={} took={}ms", 200 + i % 4 * 100, i),
+                        1 => format!(r#"{{"level":"{level}","path":"/p{}","size":{i}}}"#, i % 3),
+                        2 => format!(r#"{{"path":"/q","level":"{level}","bad":"#),
+                        3 => format!("error {level} {i}"),
+                        _ => format!(r#"{{"level":"{level}","status":{}}}"#, 200 + i % 4 * 100),
+                    };
+                    Entry {
+                        timestamp_ns: i as i64 * 20_000_000_000 + 7,
+                        line,
+                        structured_metadata: if i % 6 == 0 {
+                            vec![]
+                        } else {
+                            vec![("detected_level".to_owned(), level.to_owned())]
+                        },
+                    }
+                }),
+            );
+        }
+        src
+    }
+
+    fn matrix(query: &str, src: &InMemorySource) -> Result<Vec<Series>, EvalError> {
+        let expr = parse_expr(query).unwrap();
+        let params = QueryParams::range(0, 100 * MIN, MIN);
+        match eval(&expr, &params, src)? {
+            QueryResult::Matrix(series) => Ok(series),
+            other => panic!("{query}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sums_of_counts_keyed_by_the_sums_labels_equal_sums_of_every_series() {
+        let src = mixed_source();
+        for (inner, by) in [
+            (r#"count_over_time({app="x"} | logfmt [5m])"#, "by (level)"),
+            (r#"rate({namespace="prod"} |= "error" [5m])"#, "by (app)"),
+            (
+                r#"bytes_over_time({app="x"} | json | __error__="" [3m])"#,
+                "by (path, level)",
+            ),
+            (
+                r#"count_over_time({app="x"} | json | drop __error__, __error_details__ [5m])"#,
+                "by (level)",
+            ),
+            (
+                r#"count_over_time({app="x"} | json | status >= 300 [5m])"#,
+                "",
+            ),
+            (
+                r#"bytes_rate({app="x"} | logfmt | label_format level=status [5m])"#,
+                "by (level, pod)",
+            ),
+            (r#"count_over_time({app="x"} [10m])"#, "by (detected_level)"),
+        ] {
+            // `* 1` puts a binary operation between the sum and the range aggregation,
+            // which then keys its series by their full label sets.
+            let pushed = matrix(&format!("sum {by} ({inner})"), &src);
+            let full = matrix(&format!("sum {by} ({inner} * 1)"), &src);
+            match (pushed, full) {
+                (Ok(pushed), Ok(full)) => {
+                    assert_eq!(pushed.len(), full.len(), "{inner}");
+                    assert!(!pushed.is_empty(), "{inner}");
+                    for (p, f) in pushed.iter().zip(&full) {
+                        assert_eq!(p.labels, f.labels, "{inner}");
+                        let stamps = |s: &Series| -> Vec<i64> {
+                            s.points.iter().map(|p| p.timestamp_ms).collect()
+                        };
+                        assert_eq!(stamps(p), stamps(f), "{inner}");
+                        for (a, b) in p.points.iter().zip(&f.points) {
+                            assert!(
+                                (a.value - b.value).abs() <= 1e-12 * b.value.abs(),
+                                "{inner}"
+                            );
+                        }
+                    }
+                }
+                (pushed, full) => assert_eq!(pushed.is_err(), full.is_err(), "{inner}"),
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! Empty windows emit nothing; there is no extrapolation except in `rate_counter`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::log_query::{leading_line_filters, print_labels};
 use super::source::{Direction, LogSource, SelectRequest, StreamData};
@@ -85,6 +86,10 @@ pub(crate) struct Ctx<'a> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Hint {
     pub wanted: Option<Vec<String>>,
+    /// The enclosing aggregation is a `sum` grouping by exactly `wanted` (or by nothing
+    /// when `wanted` is empty): it adds the series sharing those labels, so a range
+    /// aggregation whose windows are sums of counts may key its series by them alone.
+    pub sum: bool,
 }
 
 impl Hint {
@@ -179,6 +184,23 @@ pub(crate) fn eval_range_agg(
         None => Wanted::All,
     };
     let pipeline = Pipeline::with_wanted(&lr.selector.pipeline, &wanted)?;
+    // Under `sum [by (..)]`, windows that add line counts or byte counts give the same
+    // sums whether lines are first split by their full label sets or only by the sum's
+    // labels (counts are integers: no rounding differs), so lines are keyed by the
+    // sum's labels: one lookup of those values per line instead of the label delta.
+    let pushed_grouping = (hint.sum
+        && agg.grouping.is_none()
+        && lr.unwrap.is_none()
+        && matches!(
+            agg.op,
+            RangeOp::CountOverTime | RangeOp::Rate | RangeOp::BytesOverTime | RangeOp::BytesRate
+        ))
+    .then(|| Grouping::By(hint.wanted.clone().unwrap_or_default()));
+    let grouping = if pushed_grouping.is_some() {
+        &pushed_grouping
+    } else {
+        &agg.grouping
+    };
     let post_filters: Vec<LabelFilter> = match &lr.unwrap {
         Some(u) => u
             .post_filters
@@ -224,6 +246,7 @@ pub(crate) fn eval_range_agg(
     let absent = agg.op == RangeOp::AbsentOverTime;
     let job = StreamJob {
         agg,
+        grouping,
         pipeline: &pipeline,
         post_filters: &post_filters,
         preserve,
@@ -258,6 +281,8 @@ pub(crate) fn eval_range_agg(
 /// What every stream of one range aggregation is run with.
 struct StreamJob<'a> {
     agg: &'a RangeAggregation,
+    /// How series are keyed: the aggregation's grouping, or the enclosing sum's.
+    grouping: &'a Option<Grouping>,
     pipeline: &'a Pipeline,
     post_filters: &'a [LabelFilter],
     preserve: bool,
@@ -346,6 +371,7 @@ fn collect_stream(
 ) -> Result<(), EvalError> {
     let StreamJob {
         agg,
+        grouping,
         post_filters,
         preserve,
         from,
@@ -357,17 +383,12 @@ fn collect_stream(
     let lr = &agg.range;
     let (series, index) = (&mut c.series, &mut c.index);
     let stream_labels = stream.labels;
-    let mut slots = SlotCache {
-        stream_key: if absent {
-            Vec::new()
-        } else {
-            apply_grouping(&stream_labels.pairs().to_vec(), &agg.grouping)
-        },
-        stream_slot: None,
-        delta_slots: HashMap::new(),
-        simple,
-        absent,
+    let stream_key = if absent {
+        Vec::new()
+    } else {
+        apply_grouping(&stream_labels.pairs().to_vec(), grouping)
     };
+    let mut slots = SlotCache::new(stream_key, grouping, simple, absent);
     // Blocks the store counted instead of reading (no pipeline, one window): one sample
     // per metadata set, weighted by its lines or bytes.
     for count in &stream.counts {
@@ -381,7 +402,7 @@ fn collect_stream(
             RangeOp::BytesOverTime | RangeOp::BytesRate => count.bytes as f64,
             _ => count.lines as f64,
         };
-        let slot = slots.slot(&lb, &agg.grouping, index, series);
+        let slot = slots.slot(&lb, grouping, index, series);
         push_sample(series, slot, count.timestamp_ns, value);
     }
     for batch in stream.batches {
@@ -403,11 +424,11 @@ fn collect_stream(
                     _ => 1.0,
                 },
                 Some(u) => {
-                    let raw = match lb.get(&u.label) {
-                        Some(v) if !v.is_empty() => v.to_owned(),
+                    let converted = match lb.get(&u.label) {
+                        Some(raw) if !raw.is_empty() => convert(u.conversion, raw),
                         _ => continue,
                     };
-                    let v = match convert(u.conversion, &raw) {
+                    let v = match converted {
                         Ok(v) => v,
                         Err(details) => {
                             lb.set_error_if_none(SAMPLE_EXTRACTION_ERR, details);
@@ -429,7 +450,7 @@ fn collect_stream(
                     });
                 }
             }
-            let slot = slots.slot(&lb, &agg.grouping, index, series);
+            let slot = slots.slot(&lb, grouping, index, series);
             push_sample(series, slot, ts, value);
         }
     }
@@ -460,6 +481,27 @@ fn push_sample(series: &mut [SeriesSamples], slot: usize, ts: i64, value: f64) {
     }
 }
 
+/// A hasher for keys that are hashes already: a `u64` key is its own hash (SipHash over
+/// a delta's hash was most of a cache lookup).
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Which series a line of one stream goes to, remembered per stream.
 struct SlotCache {
     /// The series of lines whose labels are the stream's own.
@@ -467,13 +509,136 @@ struct SlotCache {
     stream_slot: Option<usize>,
     /// Lines whose labels differ from the stream's (structured metadata, parsed labels)
     /// keyed by that difference: most lines repeat a few deltas, so the full label set
-    /// is built once per delta, not once per line.
-    delta_slots: HashMap<u64, Vec<(LabelsDelta, usize)>>,
+    /// is built once per delta, not once per line. `deltas` holds each distinct delta
+    /// with its series; `by_hash` finds them by [`LabelsBuilder::delta_hash`].
+    deltas: Vec<(LabelsDelta, usize)>,
+    by_hash: HashMap<u64, Vec<usize>, BuildHasherDefault<PreHashed>>,
+    /// The delta of the previous line: consecutive lines often share one, and comparing
+    /// with it costs less than hashing.
+    last: Option<usize>,
+    /// Under `by (...)` (up to `MAX_BY_NAMES` names, not the error labels), lines are
+    /// keyed by the values of the grouping labels instead of their delta.
+    by: Option<ByKeys>,
     simple: bool,
     absent: bool,
 }
 
+/// The most names a `by (...)` may have for its lines to be keyed by their values.
+const MAX_BY_NAMES: usize = 8;
+
+/// Series keyed by the values of a `by (...)` grouping's labels: [`LabelsBuilder::get`]
+/// of each name answers what `apply_grouping` of the line's full label set keeps (one
+/// value per name, or none), without building that set.
+struct ByKeys {
+    /// The grouping's names, sorted and distinct: the order of the key's labels.
+    names: Vec<String>,
+    /// Each distinct key with its series.
+    keys: Vec<(Vec<Option<String>>, usize)>,
+    by_hash: HashMap<u64, Vec<usize>, BuildHasherDefault<PreHashed>>,
+    last: Option<usize>,
+}
+
+impl ByKeys {
+    /// Keys for `by (names)`, unless a name is an error label: a line's `__error__` may
+    /// be both its error and a parsed key of that name, which only the full set shows.
+    fn new(names: &[String]) -> Option<Self> {
+        if names
+            .iter()
+            .any(|n| n == ERROR_LABEL || n == crate::log::ERROR_DETAILS_LABEL)
+        {
+            return None;
+        }
+        let mut names = names.to_vec();
+        names.sort();
+        names.dedup();
+        if names.len() > MAX_BY_NAMES {
+            return None;
+        }
+        Some(ByKeys {
+            names,
+            keys: Vec::new(),
+            by_hash: HashMap::default(),
+            last: None,
+        })
+    }
+
+    fn slot(
+        &mut self,
+        lb: &LabelsBuilder<'_>,
+        index: &mut HashMap<Labels, usize>,
+        series: &mut Vec<SeriesSamples>,
+    ) -> usize {
+        let mut values: [Option<&str>; MAX_BY_NAMES] = [None; MAX_BY_NAMES];
+        for (v, n) in values.iter_mut().zip(&self.names) {
+            *v = lb.get(n);
+        }
+        let values = values.get(..self.names.len()).unwrap_or_default();
+        let matches =
+            |key: &[Option<String>]| key.iter().zip(values).all(|(k, v)| k.as_deref() == *v);
+        if let Some((key, slot)) = self.last.and_then(|i| self.keys.get(i)) {
+            if matches(key) {
+                return *slot;
+            }
+        }
+        let hash = {
+            use std::hash::BuildHasher;
+            let mut h = foldhash::fast::FixedState::with_seed(0x6c6f6465).build_hasher();
+            for v in values {
+                match v {
+                    Some(v) => {
+                        h.write_u8(1);
+                        h.write(v.as_bytes());
+                    }
+                    None => h.write_u8(0),
+                }
+            }
+            h.finish()
+        };
+        if let Some(ids) = self.by_hash.get(&hash) {
+            for &i in ids {
+                if let Some((key, slot)) = self.keys.get(i) {
+                    if matches(key) {
+                        self.last = Some(i);
+                        return *slot;
+                    }
+                }
+            }
+        }
+        let key: Vec<Option<String>> = values.iter().map(|v| v.map(str::to_owned)).collect();
+        let labels: Labels = self
+            .names
+            .iter()
+            .zip(&key)
+            .filter_map(|(n, v)| Some((n.clone(), v.clone()?)))
+            .collect();
+        let slot = slot_for(index, series, labels);
+        if self.keys.len() < MAX_DELTAS_PER_STREAM {
+            self.by_hash.entry(hash).or_default().push(self.keys.len());
+            self.last = Some(self.keys.len());
+            self.keys.push((key, slot));
+        }
+        slot
+    }
+}
+
 impl SlotCache {
+    fn new(stream_key: Labels, grouping: &Option<Grouping>, simple: bool, absent: bool) -> Self {
+        let by = match grouping {
+            Some(Grouping::By(names)) if !absent => ByKeys::new(names),
+            _ => None,
+        };
+        SlotCache {
+            stream_key,
+            stream_slot: None,
+            deltas: Vec::new(),
+            by_hash: HashMap::default(),
+            last: None,
+            by,
+            simple,
+            absent,
+        }
+    }
+
     fn slot(
         &mut self,
         lb: &LabelsBuilder<'_>,
@@ -492,21 +657,33 @@ impl SlotCache {
         if self.absent {
             return slot_for(index, series, Vec::new());
         }
+        if let Some(by) = &mut self.by {
+            return by.slot(lb, index, series);
+        }
+        if let Some((d, slot)) = self.last.and_then(|i| self.deltas.get(i)) {
+            if lb.delta_matches(d) {
+                return *slot;
+            }
+        }
         let hash = lb.delta_hash();
-        let known = self.delta_slots.get(&hash).and_then(|v| {
-            v.iter()
-                .find(|(d, _)| lb.delta_matches(d))
-                .map(|(_, slot)| *slot)
-        });
-        if let Some(slot) = known {
-            return slot;
+        if let Some(ids) = self.by_hash.get(&hash) {
+            for &i in ids {
+                if let Some((d, slot)) = self.deltas.get(i) {
+                    if lb.delta_matches(d) {
+                        self.last = Some(i);
+                        return *slot;
+                    }
+                }
+            }
         }
         let slot = slot_for(index, series, apply_grouping(&lb.labels(), grouping));
-        if self.delta_slots.len() < MAX_DELTAS_PER_STREAM {
-            self.delta_slots
+        if self.deltas.len() < MAX_DELTAS_PER_STREAM {
+            self.by_hash
                 .entry(hash)
                 .or_default()
-                .push((lb.delta(), slot));
+                .push(self.deltas.len());
+            self.last = Some(self.deltas.len());
+            self.deltas.push((lb.delta(), slot));
         }
         slot
     }
@@ -570,6 +747,7 @@ fn sweep(
     let mut lo = 0usize;
     let mut hi = 0usize;
     let range_secs = range as f64 / 1e9;
+    let mut scratch = Vec::new();
     for step in 0..grid.len() {
         let t = grid.timestamp_ns(step) - offset;
         while hi < ts.len() && ts[hi] <= t {
@@ -595,7 +773,7 @@ fn sweep(
             RangeOp::MaxOverTime => min_max(w, true),
             RangeOp::StdvarOverTime => stdvar(w),
             RangeOp::StddevOverTime => stdvar(w).sqrt(),
-            RangeOp::QuantileOverTime => quantile(agg.param.unwrap_or(0.0), w),
+            RangeOp::QuantileOverTime => quantile_with(agg.param.unwrap_or(0.0), w, &mut scratch),
             RangeOp::FirstOverTime => w[0],
             RangeOp::LastOverTime => w[w.len() - 1],
             RangeOp::RateCounter => rate_counter(&ts[lo..hi], w, t, range),
@@ -649,7 +827,15 @@ pub(crate) fn stdvar(w: &[f64]) -> f64 {
 }
 
 /// Prometheus quantile: sort, rank `q·(n-1)`, linear interpolation.
+#[cfg(test)]
 pub(crate) fn quantile(q: f64, w: &[f64]) -> f64 {
+    quantile_with(q, w, &mut Vec::new())
+}
+
+/// [`quantile`] with `scratch` as the buffer, so a sweep allocates once. Only the two
+/// ranks the interpolation reads are put in place (a selection, not a sort): the values
+/// there are the ones a full sort by `total_cmp` puts there, so the result is the same.
+pub(crate) fn quantile_with(q: f64, w: &[f64], scratch: &mut Vec<f64>) -> f64 {
     if w.is_empty() || q.is_nan() {
         return f64::NAN;
     }
@@ -659,14 +845,25 @@ pub(crate) fn quantile(q: f64, w: &[f64]) -> f64 {
     if q > 1.0 {
         return f64::INFINITY;
     }
-    let mut sorted = w.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let n = sorted.len() as f64;
+    scratch.clear();
+    scratch.extend_from_slice(w);
+    let n = scratch.len() as f64;
     let rank = q * (n - 1.0);
     let lower = rank.floor().max(0.0);
     let upper = (lower + 1.0).min(n - 1.0);
     let weight = rank - rank.floor();
-    sorted[lower as usize] * (1.0 - weight) + sorted[upper as usize] * weight
+    let (lo, hi) = (lower as usize, upper as usize);
+    let (_, &mut at_lo, above) = scratch.select_nth_unstable_by(lo, f64::total_cmp);
+    let at_hi = if hi > lo {
+        above
+            .iter()
+            .copied()
+            .min_by(f64::total_cmp)
+            .unwrap_or(at_lo)
+    } else {
+        at_lo
+    };
+    at_lo * (1.0 - weight) + at_hi * weight
 }
 
 /// Prometheus `rate()` over counter values: resets handled, extrapolated to the window
@@ -725,6 +922,129 @@ mod tests {
         assert_eq!(quantile(0.75, &[1.0, 2.0, 3.0, 4.0]), 3.25);
         assert_eq!(quantile(-1.0, &[1.0]), f64::NEG_INFINITY);
         assert_eq!(quantile(2.0, &[1.0]), f64::INFINITY);
+    }
+
+    /// The quantile as the reference formula computes it: a full sort.
+    fn sorted_quantile(q: f64, w: &[f64]) -> f64 {
+        let mut sorted = w.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len() as f64;
+        let rank = q * (n - 1.0);
+        let lower = rank.floor().max(0.0);
+        let upper = (lower + 1.0).min(n - 1.0);
+        let weight = rank - rank.floor();
+        sorted[lower as usize] * (1.0 - weight) + sorted[upper as usize] * weight
+    }
+
+    mod properties {
+        use super::*;
+        use crate::log::ERROR_DETAILS_LABEL;
+        use lode_push::LabelSet;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    0.0,
+                    -0.0,
+                    1.0,
+                    2.5,
+                    -3.0,
+                    f64::INFINITY,
+                    f64::NEG_INFINITY,
+                    f64::NAN,
+                    -f64::NAN,
+                ]),
+                -1e6f64..1e6,
+            ]
+        }
+
+        /// A step that changes a line's labels the way pipeline stages do.
+        #[derive(Clone, Debug)]
+        enum Change {
+            Parse(&'static str, &'static str),
+            Set(&'static str, &'static str),
+            Delete(&'static str),
+            Error(&'static str),
+        }
+
+        const NAMES: [&str; 7] = [
+            "app",
+            "pod",
+            "level",
+            "path",
+            "app_extracted",
+            "detected_level",
+            "__error__",
+        ];
+        const VALUES: [&str; 4] = ["", "a", "b", "info"];
+
+        fn change() -> impl Strategy<Value = Change> {
+            let name = prop::sample::select(NAMES.to_vec());
+            let value = prop::sample::select(VALUES.to_vec());
+            prop_oneof![
+                (name.clone(), value.clone()).prop_map(|(n, v)| Change::Parse(n, v)),
+                (name.clone(), value.clone()).prop_map(|(n, v)| Change::Set(n, v)),
+                name.prop_map(Change::Delete),
+                value.prop_map(Change::Error),
+            ]
+        }
+
+        fn line() -> impl Strategy<Value = (Vec<(String, String)>, Vec<Change>)> {
+            let meta = (
+                prop::sample::select(vec!["detected_level", "level", "app", "trace"]),
+                prop::sample::select(VALUES.to_vec()),
+            )
+                .prop_map(|(k, v)| (k.to_owned(), v.to_owned()));
+            (
+                prop::collection::vec(meta, 0..3),
+                prop::collection::vec(change(), 0..5),
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            #[test]
+            fn selected_quantile_equals_the_sorted_one(
+                w in prop::collection::vec(value(), 1..40),
+                q in prop_oneof![Just(0.0), Just(0.5), Just(0.99), Just(1.0), 0.0f64..=1.0],
+            ) {
+                let got = quantile_with(q, &w, &mut Vec::new());
+                let want = sorted_quantile(q, &w);
+                prop_assert!(got.to_bits() == want.to_bits() || got.is_nan() && want.is_nan(),
+                    "{q} of {w:?}: {got} != {want}");
+            }
+
+            #[test]
+            fn lines_keyed_by_grouping_values_land_in_the_series_of_their_full_labels(
+                by in prop::collection::vec(prop::sample::select(NAMES[..6].to_vec()), 0..4),
+                lines in prop::collection::vec(line(), 1..12),
+            ) {
+                let stream = LabelSet::from_pairs([("app", "x"), ("pod", "p1")]).unwrap();
+                let grouping = Some(Grouping::By(by.iter().map(|n| (*n).to_owned()).collect()));
+                let stream_key = apply_grouping(&stream.pairs().to_vec(), &grouping);
+                let mut cache = SlotCache::new(stream_key, &grouping, false, false);
+                prop_assert!(cache.by.is_some());
+                let (mut index, mut series) = (HashMap::new(), Vec::new());
+                for (meta, changes) in &lines {
+                    let mut lb = LabelsBuilder::new(&stream);
+                    lb.reset(meta);
+                    for c in changes {
+                        match c {
+                            Change::Parse(n, v) => lb.add_extracted(n, v),
+                            Change::Set(n, v) => lb.set(n, (*v).to_owned()),
+                            Change::Delete(n) => lb.delete(n),
+                            Change::Error(v) => lb.set_error(v, ""),
+                        }
+                    }
+                    let slot = cache.slot(&lb, &grouping, &mut index, &mut series);
+                    prop_assert_eq!(&series[slot].labels, &apply_grouping(&lb.labels(), &grouping));
+                }
+                let errors = Some(Grouping::By(vec![ERROR_LABEL.to_owned(), ERROR_DETAILS_LABEL.to_owned()]));
+                prop_assert!(SlotCache::new(Vec::new(), &errors, false, false).by.is_none());
+            }
+        }
     }
 
     #[test]

@@ -45,11 +45,13 @@ fn hint_for(agg: &VectorAggregation) -> Hint {
             _,
         ) => Hint::default(),
         (_, Some(Grouping::Without(_))) => Hint::default(),
-        (_, Some(Grouping::By(names))) => Hint {
+        (op, Some(Grouping::By(names))) => Hint {
             wanted: Some(names.clone()),
+            sum: *op == VectorOp::Sum,
         },
-        (_, None) => Hint {
+        (op, None) => Hint {
             wanted: Some(Vec::new()),
+            sum: *op == VectorOp::Sum,
         },
     }
 }

@@ -15,7 +15,9 @@
 
 use std::borrow::Cow;
 
-use super::labels::{is_clean_label_name, sanitize_label_name, LabelsBuilder, JSON_PARSER_ERR};
+use super::labels::{
+    is_clean_label_name, name_bit, sanitize_label_name, LabelsBuilder, JSON_PARSER_ERR,
+};
 
 const MALFORMED_OBJECT: &str = "Value looks like object, but can't find closing '}' symbol";
 const MALFORMED_STRING: &str = "Value is string, but can't find closing '\"' symbol";
@@ -43,13 +45,13 @@ const ENDS_SCALAR: [bool; 256] = {
     t
 };
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
+pub(super) const ONES: u64 = 0x0101_0101_0101_0101;
+pub(super) const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// The high bit of each byte of `x` equal to `b`, exact up to the lowest such byte
 /// (bytes above it may be flagged falsely): enough to find the first one.
 #[inline]
-fn bytes_equal(x: u64, b: u8) -> u64 {
+pub(super) fn bytes_equal(x: u64, b: u8) -> u64 {
     let y = x ^ (ONES * u64::from(b));
     y.wrapping_sub(ONES) & !y & HIGHS
 }
@@ -365,6 +367,18 @@ impl Wanted {
         }
     }
 
+    /// The `name_bit`s of every name [`Self::wants`] may say yes to: a name whose bit is
+    /// not set is not wanted, without comparing strings.
+    pub(crate) fn bits(&self) -> u64 {
+        match self {
+            Wanted::All => u64::MAX,
+            Wanted::Only(names) => names.iter().fold(0, |m, n| {
+                let base = n.strip_suffix(EXTRACTED_SUFFIX).map_or(0, name_bit);
+                m | name_bit(n) | base
+            }),
+        }
+    }
+
     fn wants_prefix(&self, prefix: &str) -> bool {
         match self {
             Wanted::All => true,
@@ -373,13 +387,114 @@ impl Wanted {
     }
 }
 
-/// Not an error: a probe's parse ends here because every label it stores is settled.
+/// The labels a parser under parser hints must extract before it may stop reading a
+/// line: Loki's "all required labels extracted". Loki's parsers end a line there, without
+/// looking at the rest, so a syntax error after that point is no error; this is the same
+/// point. A name is extracted once a parser (or `label_format`) has set it as a parsed
+/// label under that exact name: a required stream-label name (`by (app)`) never is, nor
+/// `__error__`, and such queries read every line to its end, as Loki does.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Required {
+    // The wanted names, plus `x` for each wanted `x_extracted` (Loki adds both, since
+    // a parser cannot know before it reads a key whether it will collide). Empty when
+    // the parser never stops early: every label wanted, or more names than `Progress`
+    // has bits for.
+    names: Vec<String>,
+}
+
+/// Which [`Required`] names one parse of one line has extracted, one bit each.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Progress {
+    seen: u64,
+    full: u64,
+}
+
+impl Progress {
+    /// Whether the parse may stop early at all (not when every label is wanted).
+    #[inline]
+    pub(crate) fn done_possible(&self) -> bool {
+        self.full != 0
+    }
+
+    /// Whether every required name is extracted (never when the parser reads to the end).
+    #[inline]
+    pub(crate) fn done(&self) -> bool {
+        self.full != 0 && self.seen == self.full
+    }
+}
+
+impl Required {
+    /// The names a parser producing `wanted` must extract before it stops.
+    pub(crate) fn of(wanted: &Wanted) -> Self {
+        let Wanted::Only(wanted) = wanted else {
+            return Required::default();
+        };
+        let mut names: Vec<String> = Vec::new();
+        for n in wanted {
+            let base = n.strip_suffix(EXTRACTED_SUFFIX);
+            for name in std::iter::once(n.as_str()).chain(base) {
+                if !names.iter().any(|m| m == name) {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        if names.len() > 64 {
+            names.clear();
+        }
+        Required { names }
+    }
+
+    /// The progress of a parse starting on `lb`: names earlier stages already set count.
+    #[inline]
+    pub(crate) fn begin(&self, lb: &LabelsBuilder<'_>) -> Progress {
+        if self.names.is_empty() {
+            return Progress { seen: 0, full: 0 };
+        }
+        let full = u64::MAX >> (64 - self.names.len());
+        let mut seen = 0;
+        for (i, n) in self.names.iter().enumerate() {
+            if lb.has_parsed(n) {
+                seen |= 1 << i;
+            }
+        }
+        Progress { seen, full }
+    }
+
+    /// Records that the parser extracts the key `name` (whether or not this parse stores
+    /// it): it becomes the parsed label `name`, or `name_extracted` when a stream or
+    /// metadata label has that name. Returns whether every required name is extracted.
+    #[inline]
+    pub(crate) fn note(&self, p: &mut Progress, name: &str, lb: &LabelsBuilder<'_>) -> bool {
+        if p.full == 0 {
+            return false;
+        }
+        let collides = lb.is_stream_or_metadata(name);
+        for (i, r) in self.names.iter().enumerate() {
+            let hit = if collides {
+                r.strip_suffix(EXTRACTED_SUFFIX) == Some(name)
+            } else {
+                r == name
+            };
+            if hit {
+                p.seen |= 1 << i;
+            }
+        }
+        p.done()
+    }
+}
+
+const EXTRACTED_SUFFIX: &str = "_extracted";
+
+/// Not an error: the parse ends here because every label it must produce is known
+/// (all required labels extracted, or a probe's stored labels settled).
 const SETTLED: &str = "settled";
 
 /// Where one parse puts its labels.
 struct Walk<'w, 'b, 'a> {
     store: &'w Wanted,
     stop: bool,
+    required: &'w Required,
+    progress: Progress,
     lb: &'b mut LabelsBuilder<'a>,
 }
 
@@ -387,7 +502,18 @@ impl Walk<'_, '_, '_> {
     #[inline]
     fn add(&mut self, name: &str, value: &str) -> JsonResult<()> {
         self.lb.add_extracted(name, value);
-        if self.stop && self.store.settled(self.lb) {
+        if self.progress.done_possible() && self.required.note(&mut self.progress, name, self.lb)
+            || self.stop && self.store.settled(self.lb)
+        {
+            return Err(SETTLED);
+        }
+        Ok(())
+    }
+
+    /// A value the full parse stores as `name` but this parse does not.
+    #[inline]
+    fn pass(&mut self, name: &str) -> JsonResult<()> {
+        if self.required.note(&mut self.progress, name, self.lb) {
             return Err(SETTLED);
         }
         Ok(())
@@ -395,15 +521,41 @@ impl Walk<'_, '_, '_> {
 }
 
 /// `| json` without parameters: every scalar field, flattened.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct JsonParser {
     pub(crate) wanted: Wanted,
+    wanted_bits: u64,
+    required: Required,
+}
+
+impl Default for JsonParser {
+    fn default() -> Self {
+        JsonParser::new()
+    }
 }
 
 impl JsonParser {
     /// A parser producing every label.
     pub fn new() -> Self {
-        JsonParser::default()
+        JsonParser::with_wanted(&Wanted::All)
+    }
+
+    /// A parser producing only the `wanted` labels (Loki's parser hints), which ends a
+    /// line as soon as it has extracted all of them.
+    pub(crate) fn with_wanted(wanted: &Wanted) -> Self {
+        JsonParser {
+            wanted: wanted.clone(),
+            wanted_bits: wanted.bits(),
+            required: Required::of(wanted),
+        }
+    }
+
+    /// The same parser reading every line to its end: the reference its early stop is
+    /// tested against.
+    #[cfg(test)]
+    pub(crate) fn without_early_stop(mut self) -> Self {
+        self.required = Required::default();
+        self
     }
 
     /// Parses `line` into `lb`, setting `JSONParserErr` on malformed input.
@@ -432,10 +584,21 @@ impl JsonParser {
     }
 
     fn run(&self, line: &str, store: &Wanted, stop: bool, lb: &mut LabelsBuilder<'_>) {
+        let progress = self.required.begin(lb);
+        if progress.done() {
+            // Earlier stages set every required label: Loki skips the parser.
+            return;
+        }
         let mut sc = Scanner::new(line);
         sc.skip_ws();
         let mut prefix = lb.take_scratch();
-        let mut walk = Walk { store, stop, lb };
+        let mut walk = Walk {
+            store,
+            stop,
+            required: &self.required,
+            progress,
+            lb,
+        };
         let result = if sc.peek() == Some(b'{') {
             self.object(&mut sc, &mut prefix, &mut walk, 0)
         } else {
@@ -458,7 +621,10 @@ impl JsonParser {
         name: Option<&str>,
         walk: &mut Walk<'_, '_, '_>,
     ) -> JsonResult<()> {
-        let name = name.filter(|n| self.wanted.wants(n));
+        let name = name.filter(|n| {
+            self.wanted_bits == u64::MAX
+                || self.wanted_bits & name_bit(n) != 0 && self.wanted.wants(n)
+        });
         match sc.value()? {
             Value::Str(raw, escaped) => {
                 if let Some(name) = name {
@@ -468,14 +634,21 @@ impl JsonParser {
                         } else {
                             walk.add(name, raw)?;
                         }
-                    } else if escaped {
-                        decode_escapes(raw, None)?;
+                    } else {
+                        if escaped {
+                            decode_escapes(raw, None)?;
+                        }
+                        walk.pass(name)?;
                     }
                 }
             }
             Value::Raw(raw) => {
-                if let Some(name) = name.filter(|n| walk.store.wants(n)) {
-                    walk.add(name, raw)?;
+                if let Some(name) = name {
+                    if walk.store.wants(name) {
+                        walk.add(name, raw)?;
+                    } else {
+                        walk.pass(name)?;
+                    }
                 }
             }
             Value::Null | Value::Skipped => {}

@@ -7,6 +7,8 @@
 //! `_extracted` and first-value-wins rules; `label_format` sets them outright. It does not
 //! own how stages compute values, nor how series are keyed (the evaluator's).
 
+use std::cell::Cell;
+
 use lode_push::LabelSet;
 
 /// The label a stage sets when it fails on a line.
@@ -56,7 +58,7 @@ struct Parsed {
 
 /// A bit standing for `name` in a 64-bit set of names; different names may share one.
 #[inline]
-fn name_bit(name: &str) -> u64 {
+pub(crate) fn name_bit(name: &str) -> u64 {
     let b = name.as_bytes();
     let first = b.first().copied().unwrap_or(0) as usize;
     let last = b.last().copied().unwrap_or(0) as usize;
@@ -132,6 +134,9 @@ impl Parsed {
 
     /// Removes the labels named `name`, keeping the order of the others.
     fn remove(&mut self, name: &str) {
+        if self.mask & name_bit(name) == 0 {
+            return;
+        }
         let mut i = 0;
         while i < self.len {
             if self.slots.get(i).is_some_and(|(k, _)| k == name) {
@@ -155,8 +160,10 @@ impl Parsed {
 #[derive(Debug)]
 pub struct LabelsBuilder<'a> {
     stream: &'a LabelSet,
-    // `name_bit`s of the stream's label names.
+    // `name_bit`s of the stream's label names, and (computed when first asked, as most
+    // lines never need it) of the line's metadata names with them.
     stream_mask: u64,
+    base_mask: Cell<Option<u64>>,
     metadata: &'a [(String, String)],
     parsed: Parsed,
     // Stream or metadata names removed by `drop`, `keep` or a `label_format` rename.
@@ -199,9 +206,11 @@ impl<'a> LabelsBuilder<'a> {
     pub fn with_buffers(stream: &'a LabelSet, buffers: LabelBuffers) -> Self {
         let mut parsed = buffers.0;
         parsed.clear();
+        let stream_mask = stream.iter().fold(0, |m, (k, _)| m | name_bit(k));
         LabelsBuilder {
             stream,
-            stream_mask: stream.iter().fold(0, |m, (k, _)| m | name_bit(k)),
+            stream_mask,
+            base_mask: Cell::new(None),
             metadata: &[],
             parsed,
             hidden: Vec::new(),
@@ -218,6 +227,7 @@ impl<'a> LabelsBuilder<'a> {
     /// Starts a new line carrying `metadata` as structured metadata.
     pub fn reset(&mut self, metadata: &'a [(String, String)]) {
         self.metadata = metadata;
+        self.base_mask.set(None);
         self.parsed.clear();
         self.hidden.clear();
         self.error = None;
@@ -236,6 +246,23 @@ impl<'a> LabelsBuilder<'a> {
             && self.error.is_none()
             && self.error_details.is_none()
             && self.metadata.is_empty()
+    }
+
+    /// The `name_bit`s of every stream and metadata name of the line.
+    #[inline]
+    fn base_mask(&self) -> u64 {
+        if self.metadata.is_empty() {
+            return self.stream_mask;
+        }
+        if let Some(m) = self.base_mask.get() {
+            return m;
+        }
+        let m = self
+            .metadata
+            .iter()
+            .fold(self.stream_mask, |m, (k, _)| m | name_bit(k));
+        self.base_mask.set(Some(m));
+        m
     }
 
     fn is_hidden(&self, name: &str) -> bool {
@@ -269,7 +296,7 @@ impl<'a> LabelsBuilder<'a> {
     /// producing the same name must suffix it with `_extracted`.
     #[inline]
     pub fn is_stream_or_metadata(&self, name: &str) -> bool {
-        if self.metadata.is_empty() && self.stream_mask & name_bit(name) == 0 {
+        if self.base_mask() & name_bit(name) == 0 {
             return false;
         }
         self.base_get(name).is_some()
@@ -299,7 +326,7 @@ impl<'a> LabelsBuilder<'a> {
     #[inline]
     pub fn add_extracted(&mut self, name: &str, value: &str) {
         let bit = name_bit(name);
-        if self.metadata.is_empty() && self.stream_mask & bit == 0 {
+        if self.base_mask() & bit == 0 {
             // Neither a stream nor a metadata label: the common case.
             if self.parsed.mask & bit == 0 || !self.parsed.contains(name) {
                 self.parsed.push(name, "", value);
@@ -358,7 +385,7 @@ impl<'a> LabelsBuilder<'a> {
             _ => {}
         }
         self.parsed.remove(name);
-        if self.base_get(name).is_some() {
+        if self.base_mask() & name_bit(name) != 0 && self.base_get(name).is_some() {
             self.hidden.push(name.to_owned());
         }
     }
@@ -463,13 +490,28 @@ impl<'a> LabelsBuilder<'a> {
 
     /// A hash of this line's delta, equal for lines whose deltas are equal.
     pub fn delta_hash(&self) -> u64 {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::{BuildHasher, Hasher};
+        // Callers compare deltas on a hash match, so this hashes the bytes without the
+        // separators `Hash` would add (equal deltas still hash equal), once per line.
         let mut h = foldhash::fast::FixedState::with_seed(0x6c6f6465).build_hasher();
-        self.metadata.hash(&mut h);
-        self.parsed.as_slice().hash(&mut h);
-        self.hidden.hash(&mut h);
-        self.error.hash(&mut h);
-        self.error_details.hash(&mut h);
+        for (k, v) in self.metadata.iter().chain(self.parsed.as_slice()) {
+            h.write(k.as_bytes());
+            h.write(v.as_bytes());
+        }
+        for n in &self.hidden {
+            h.write(n.as_bytes());
+        }
+        for e in [&self.error, &self.error_details].into_iter().flatten() {
+            h.write(e.as_bytes());
+        }
+        let count = |n: usize| n as u64 & 0xffff;
+        h.write_u64(
+            count(self.metadata.len())
+                | count(self.parsed.len) << 16
+                | count(self.hidden.len()) << 32
+                | u64::from(self.error.is_some()) << 48
+                | u64::from(self.error_details.is_some()) << 49,
+        );
         h.finish()
     }
 

@@ -7,17 +7,21 @@
 
 use std::borrow::Cow;
 
-use super::json::{quote_or_backslash, Wanted};
-use super::labels::{is_clean_label_name, sanitize_label_name, LabelsBuilder, LOGFMT_PARSER_ERR};
+use super::json::{bytes_equal, quote_or_backslash, Required, Wanted, HIGHS, ONES};
+use super::labels::{
+    is_clean_label_name, name_bit, sanitize_label_name, LabelsBuilder, LOGFMT_PARSER_ERR,
+};
 
 /// `| logfmt [--strict] [--keep-empty] [label="key", ...]`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LogfmtParser {
     strict: bool,
     keep_empty: bool,
     // `(label, key)`: only these keys, renamed. Empty means every key.
     params: Vec<(String, String)>,
     pub(crate) wanted: Wanted,
+    wanted_bits: u64,
+    required: Required,
 }
 
 enum Pair<'l> {
@@ -69,11 +73,24 @@ const ENDS_PAIR_PART: [bool; 256] = {
 };
 
 /// The first position at or after `from` holding a space or control byte, `=` or `"`
-/// (where a key or a bare value ends), or the line's length. Keys and bare values are
-/// short, so a table lookup per byte beats a word-at-a-time search's setup.
+/// (where a key or a bare value ends), or the line's length. Eight bytes at a time
+/// while eight remain (timestamps and ids are longer than a word), then a table lookup
+/// per byte.
 #[inline]
 fn pair_stop(b: &[u8], from: usize) -> usize {
     let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        // High bit of each byte below 0x21 (exact up to the lowest such byte, as with
+        // `bytes_equal`), or equal to `=` or `"`.
+        let m = (x.wrapping_sub(ONES * 0x21) & !x & HIGHS)
+            | bytes_equal(x, b'=')
+            | bytes_equal(x, b'"');
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
     while let Some(&c) = b.get(i) {
         if ENDS_PAIR_PART[usize::from(c)] {
             return i;
@@ -225,6 +242,12 @@ fn unquote(inner: &str, mut out: Option<&mut String>) -> bool {
     true
 }
 
+impl Default for LogfmtParser {
+    fn default() -> Self {
+        LogfmtParser::new(false, false, Vec::new())
+    }
+}
+
 impl LogfmtParser {
     /// Builds the parser; `params` are `(label, key)` pairs.
     pub fn new(strict: bool, keep_empty: bool, params: Vec<(String, String)>) -> Self {
@@ -233,7 +256,30 @@ impl LogfmtParser {
             keep_empty,
             params,
             wanted: Wanted::All,
+            wanted_bits: u64::MAX,
+            required: Required::default(),
         }
+    }
+
+    /// The parser producing only the `wanted` labels (Loki's parser hints). Without
+    /// extraction parameters it ends a line as soon as it has extracted all of them, as
+    /// Loki's does: first values win, so the rest of the line cannot change them, and
+    /// `--strict` reports a malformed pair only if it comes before that point.
+    pub(crate) fn with_wanted(mut self, wanted: &Wanted) -> Self {
+        self.wanted = wanted.clone();
+        self.wanted_bits = wanted.bits();
+        if self.params.is_empty() {
+            self.required = Required::of(wanted);
+        }
+        self
+    }
+
+    /// The same parser reading every line to its end: the reference its early stop is
+    /// tested against.
+    #[cfg(test)]
+    pub(crate) fn without_early_stop(mut self) -> Self {
+        self.required = Required::default();
+        self
     }
 
     /// Parses `line` into `lb`.
@@ -264,6 +310,11 @@ impl LogfmtParser {
     }
 
     fn run(&self, line: &str, store: &Wanted, stop: bool, lb: &mut LabelsBuilder<'_>) {
+        let mut progress = self.required.begin(lb);
+        if progress.done() {
+            // Earlier stages set every required label: Loki skips the parser.
+            return;
+        }
         if !self.params.is_empty() {
             for (label, _) in &self.params {
                 lb.add_extracted(label, "");
@@ -291,22 +342,28 @@ impl LogfmtParser {
                         }
                         continue;
                     }
-                    let wants = |name: &str| self.wanted.wants(name) && store.wants(name);
-                    if is_clean_label_name(key) {
-                        if wants(key) {
-                            lb.add_extracted(key, &value.decode());
-                        } else {
-                            continue;
-                        }
+                    let sanitized;
+                    let name = if is_clean_label_name(key) {
+                        key
                     } else {
-                        let name = sanitize_label_name(key);
-                        if !name.is_empty() && wants(&name) {
-                            lb.add_extracted(&name, &value.decode());
-                        } else {
-                            continue;
-                        }
+                        sanitized = sanitize_label_name(key);
+                        sanitized.as_str()
+                    };
+                    if name.is_empty()
+                        || self.wanted_bits != u64::MAX
+                            && (self.wanted_bits & name_bit(name) == 0 || !self.wanted.wants(name))
+                    {
+                        continue;
                     }
-                    if stop && store.settled(lb) {
+                    // A name the full parse stores counts towards the early stop even
+                    // when a probe does not store it.
+                    let stored = store.wants(name);
+                    if stored {
+                        lb.add_extracted(name, &value.decode());
+                    }
+                    if progress.done_possible() && self.required.note(&mut progress, name, lb)
+                        || stored && stop && store.settled(lb)
+                    {
                         return;
                     }
                 }
@@ -319,6 +376,28 @@ impl LogfmtParser {
 mod tests {
     use super::*;
     use crate::log::labels::{ERROR_LABEL, LOGFMT_PARSER_ERR};
+
+    #[test]
+    fn pair_parts_end_at_the_first_space_control_byte_equals_or_quote() {
+        let bytewise = |b: &[u8], from: usize| {
+            (from..b.len())
+                .find(|&i| ENDS_PAIR_PART[usize::from(b[i])])
+                .unwrap_or(b.len())
+        };
+        let samples: [&[u8]; 6] = [
+            b"2026-01-01T00:00:00.000Z level=info",
+            b"abcdefgh\x7fijklmnop=q",
+            "caf\u{e9}-\u{1f600}-\u{7f}\tx".as_bytes(),
+            b"0123456789abcdef\"",
+            b"!!!!!!!!!!!!!!!!!!!!\x20",
+            b"\x80\xff\x21\x20",
+        ];
+        for b in samples {
+            for from in 0..=b.len() {
+                assert_eq!(pair_stop(b, from), bytewise(b, from), "{b:?} from {from}");
+            }
+        }
+    }
     use lode_push::LabelSet;
 
     fn parse(p: &LogfmtParser, line: &str) -> Vec<(String, String)> {

@@ -193,12 +193,7 @@ impl Pipeline {
                     if nothing_wanted {
                         continue;
                     }
-                    Compiled::Json(
-                        json::JsonParser {
-                            wanted: wanted.clone(),
-                        },
-                        None,
-                    )
+                    Compiled::Json(json::JsonParser::with_wanted(wanted), None)
                 }
                 ast::Stage::Json(params) => {
                     if nothing_wanted {
@@ -219,8 +214,8 @@ impl Pipeline {
                         .iter()
                         .map(|e| (e.label.clone(), e.expr.clone()))
                         .collect();
-                    let mut parser = logfmt::LogfmtParser::new(p.strict, p.keep_empty, params);
-                    parser.wanted = wanted.clone();
+                    let parser = logfmt::LogfmtParser::new(p.strict, p.keep_empty, params)
+                        .with_wanted(wanted);
                     Compiled::Logfmt(parser, None)
                 }
                 ast::Stage::Regexp(re) => {
@@ -273,6 +268,19 @@ impl Pipeline {
         for stage in &mut self.stages {
             if let Compiled::Json(_, probe) | Compiled::Logfmt(_, probe) = stage {
                 *probe = None;
+            }
+        }
+        self
+    }
+
+    /// The same pipeline with parsers reading every line to its end.
+    #[cfg(test)]
+    fn without_early_stop(mut self) -> Self {
+        for stage in &mut self.stages {
+            match stage {
+                Compiled::Json(p, _) => *p = p.clone().without_early_stop(),
+                Compiled::Logfmt(p, _) => *p = p.clone().without_early_stop(),
+                _ => {}
             }
         }
         self
@@ -552,6 +560,32 @@ mod tests {
             .collect()
     }
 
+    /// Parser hints of metric queries over the probed queries: names their filters read,
+    /// a grouping label, a stream label (never extracted under its own name), an
+    /// `_extracted` name and the error label.
+    const HINTS: &[&[&str]] = &[
+        &["level"],
+        &["msg", "http_method"],
+        &["app"],
+        &["app_extracted", "duration"],
+        &["__error__"],
+        &["latency_ms", "level", "status", "empty"],
+    ];
+
+    /// The pipelines of `query` a metric query builds for each of [`HINTS`]: the hint's
+    /// names plus those the stages read.
+    fn hinted(query: &str) -> Vec<Pipeline> {
+        let stages = log_pipeline(query);
+        HINTS
+            .iter()
+            .map(|hint| {
+                let mut names: Vec<String> = hint.iter().map(|n| (*n).to_owned()).collect();
+                referenced_labels(&stages, &mut names);
+                Pipeline::with_wanted(&stages, &Wanted::Only(names)).unwrap()
+            })
+            .collect()
+    }
+
     fn assert_probe_matches_full_parse(lines: &[String]) {
         for q in PROBED_QUERIES {
             let stages = log_pipeline(q);
@@ -559,7 +593,107 @@ mod tests {
             assert!(probed.has_probe(), "{q}");
             let full = probed.clone().without_probes();
             assert_eq!(run_lines(&probed, lines), run_lines(&full, lines), "{q}");
+            // Under parser hints, parsers also stop once the required labels are
+            // extracted: a probe must stop where the full parse stops.
+            for probed in hinted(q) {
+                let full = probed.clone().without_probes();
+                assert_eq!(
+                    run_lines(&probed, lines),
+                    run_lines(&full, lines),
+                    "{q} {probed:?}"
+                );
+            }
         }
+    }
+
+    /// Parsers under hints, each alone and with a filter reading the error.
+    const HINTED_PARSERS: &[&str] = &[
+        r#"{app="x"} | json"#,
+        r#"{app="x"} | logfmt"#,
+        r#"{app="x"} | logfmt --strict"#,
+        r#"{app="x"} | logfmt --keep-empty"#,
+        r#"{app="x"} | logfmt | json"#,
+        r#"{app="x"} | json | __error__="""#,
+    ];
+
+    /// A parser that stops early answers as the one reading to the end, except that a
+    /// syntax error after the stop is not reported (Loki's parsers do not see it); the
+    /// stages after it then see a line without that error.
+    fn assert_early_stop_only_skips_later_errors(lines: &[String]) {
+        let parse_error = |r: &Option<(String, Labels)>| {
+            r.as_ref().is_some_and(|(_, labels)| {
+                labels.iter().any(|(k, v)| {
+                    k == ERROR_LABEL
+                        && (v == labels::JSON_PARSER_ERR || v == labels::LOGFMT_PARSER_ERR)
+                })
+            })
+        };
+        let without_errors = |labels: &Labels| -> Labels {
+            labels
+                .iter()
+                .filter(|(k, _)| k != ERROR_LABEL && k != ERROR_DETAILS_LABEL)
+                .cloned()
+                .collect()
+        };
+        for q in HINTED_PARSERS.iter().chain(PROBED_QUERIES) {
+            for stopping in hinted(q) {
+                let to_end = stopping.clone().without_early_stop();
+                let got = run_lines(&stopping, lines);
+                let want = run_lines(&to_end, lines);
+                for ((got, want), line) in got.iter().zip(&want).zip(lines) {
+                    if parse_error(got) || !parse_error(want) {
+                        assert_eq!(got, want, "{q} {stopping:?} on {line:?}");
+                    } else if let (Some((gl, g)), Some((wl, w))) = (got, want) {
+                        assert_eq!(gl, wl, "{q} on {line:?}");
+                        assert_eq!(without_errors(g), without_errors(w), "{q} on {line:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parsers_under_hints_stop_once_every_required_label_is_extracted() {
+        let s = LabelSet::from_pairs([("app", "x")]).unwrap();
+        let run = |query: &str, wanted: &[&str], line: &str| {
+            let stages = log_pipeline(query);
+            let wanted = Wanted::Only(wanted.iter().map(|n| (*n).to_owned()).collect());
+            let p = Pipeline::with_wanted(&stages, &wanted).unwrap();
+            let mut lb = LabelsBuilder::new(&s);
+            p.process(0, line, &mut lb).map(|_| lb.labels())
+        };
+        let level = |v: &str| ("level".to_owned(), v.to_owned());
+        let app = ("app".to_owned(), "x".to_owned());
+        // Found `level`: the broken rest is never read, as in Loki.
+        let got = run(
+            r#"{app="x"} | json"#,
+            &["level"],
+            r#"{"level":"info","a":nope"#,
+        );
+        assert_eq!(got, Some(vec![app.clone(), level("info")]));
+        let got = run(
+            r#"{app="x"} | logfmt --strict"#,
+            &["level"],
+            "level=warn =oops",
+        );
+        assert_eq!(got, Some(vec![app.clone(), level("warn")]));
+        // A stream label is never extracted under its name: the line is read to its end.
+        let got = run(
+            r#"{app="x"} | json"#,
+            &["level", "app"],
+            r#"{"level":"info","a":nope"#,
+        );
+        assert!(got.unwrap().iter().any(|(k, _)| k == ERROR_LABEL));
+        // Nor is `__error__`, so a query reading errors sees every one.
+        let got = run(
+            r#"{app="x"} | json"#,
+            &["level", "__error__"],
+            r#"{"level":"a",x"#,
+        );
+        assert!(got.unwrap().iter().any(|(k, _)| k == ERROR_LABEL));
+        // First values win, later duplicates change nothing.
+        let got = run(r#"{app="x"} | logfmt"#, &["level"], "level=a level=b");
+        assert_eq!(got, Some(vec![app, level("a")]));
     }
 
     #[test]
@@ -799,6 +933,13 @@ mod tests {
                 lines in prop::collection::vec(line(), 1..8)
             ) {
                 assert_probe_matches_full_parse(&lines);
+            }
+
+            #[test]
+            fn parsers_stopping_early_differ_from_full_reads_only_in_later_errors(
+                lines in prop::collection::vec(line(), 1..8)
+            ) {
+                assert_early_stop_only_skips_later_errors(&lines);
             }
         }
     }
