@@ -19,6 +19,8 @@ pub mod ruler;
 pub mod server;
 pub mod storage;
 pub mod tenant;
+#[cfg(test)]
+mod testutil;
 pub mod wal;
 
 pub use tenant::TenantId;

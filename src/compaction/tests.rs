@@ -23,17 +23,7 @@ fn tenant() -> TenantId {
     TenantId::new("t").unwrap()
 }
 
-fn labels(app: &str) -> LabelSet {
-    LabelSet::parse(&format!(r#"{{app="{app}"}}"#)).unwrap()
-}
-
-fn entry(ts: i64, line: &str) -> Entry {
-    Entry {
-        timestamp_ns: ts,
-        line: line.to_string(),
-        structured_metadata: Vec::new(),
-    }
-}
+use crate::testutil::{app_labels as labels, count_files, entry};
 
 fn with_level(ts: i64, line: &str, level: &str) -> Entry {
     Entry {
@@ -94,24 +84,8 @@ impl Fixture {
     }
 
     fn object_count(&self) -> usize {
-        walk(&self.dir.path().join("chunks"))
+        count_files(&self.dir.path().join("chunks"))
     }
-}
-
-fn walk(p: &std::path::Path) -> usize {
-    std::fs::read_dir(p)
-        .map(|d| {
-            d.map(|e| {
-                let e = e.unwrap();
-                if e.file_type().unwrap().is_dir() {
-                    walk(&e.path())
-                } else {
-                    1
-                }
-            })
-            .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Writes one segment a second after the previous one (segment ids sort by creation

@@ -14,17 +14,9 @@ fn tenant() -> TenantId {
     TenantId::new("team-a").unwrap()
 }
 
-fn labels(app: &str) -> LabelSet {
-    LabelSet::parse(&format!(r#"{{app="{app}"}}"#)).unwrap()
-}
+use crate::testutil::app_labels as labels;
 
-fn entry(ts: i64, line: &str) -> Entry {
-    Entry {
-        timestamp_ns: ts,
-        line: line.to_string(),
-        structured_metadata: Vec::new(),
-    }
-}
+use crate::testutil::entry;
 
 struct Fixture {
     dir: tempfile::TempDir,

@@ -16,9 +16,7 @@ fn tenant(name: &str) -> TenantId {
     TenantId::new(name).unwrap()
 }
 
-fn labels(app: &str) -> LabelSet {
-    LabelSet::parse(&format!(r#"{{app="{app}"}}"#)).unwrap()
-}
+use crate::testutil::app_labels as labels;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -71,22 +69,7 @@ impl Fixture {
     }
 
     fn object_count(&self) -> usize {
-        fn walk(p: &std::path::Path) -> usize {
-            std::fs::read_dir(p)
-                .map(|d| {
-                    d.map(|e| {
-                        let e = e.unwrap();
-                        if e.file_type().unwrap().is_dir() {
-                            walk(&e.path())
-                        } else {
-                            1
-                        }
-                    })
-                    .sum()
-                })
-                .unwrap_or(0)
-        }
-        walk(&self.dir.path().join("chunks"))
+        crate::testutil::count_files(&self.dir.path().join("chunks"))
     }
 }
 
