@@ -438,6 +438,16 @@ impl<'a> Payload<'a> {
     }
 }
 
+/// The bytes an entry counts toward a block's size budget: its line and its structured
+/// metadata (what the ingester's `chunk_block_size` and compaction's block size measure).
+pub fn entry_block_bytes(e: &Entry) -> usize {
+    e.line.len()
+        + e.structured_metadata
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+}
+
 /// Decodes one block: verifies magic, version and checksum, decompresses with a bounded
 /// buffer, and checks the entries agree with the header.
 pub fn decode_block(bytes: &[u8]) -> Result<(BlockMeta, Vec<Entry>), Error> {

@@ -159,7 +159,7 @@ impl Compactor {
                 tenant: tenant.to_string(),
             };
             for group in groups {
-                let ids: Vec<SegmentId> = group.iter().map(|m| m.id).collect();
+                let segments = group.len();
                 let day = group.first().map_or(Day(0), |m| m.footer.day);
                 let started = Instant::now();
                 match self.merge(&tenant, day, group).await {
@@ -167,7 +167,7 @@ impl Compactor {
                         tracing::info!(
                             tenant = %tenant,
                             day = %day,
-                            segments = ids.len(),
+                            segments,
                             bytes_before = m.compacted_bytes,
                             bytes_after = m.written_bytes,
                             entries = m.entries,
@@ -175,7 +175,7 @@ impl Compactor {
                             seconds = started.elapsed().as_secs_f64(),
                             "compacted segments"
                         );
-                        stats.compacted_segments += ids.len();
+                        stats.compacted_segments += segments;
                         stats.written_segments += 1;
                         stats.compacted_bytes += m.compacted_bytes;
                         stats.written_bytes += m.written_bytes;
@@ -184,7 +184,7 @@ impl Compactor {
                             let c = &mx.compactor;
                             c.compacted_segments
                                 .get_or_create(&labels)
-                                .inc_by(ids.len() as u64);
+                                .inc_by(segments as u64);
                             c.written_segments.get_or_create(&labels).inc();
                             c.compacted_bytes
                                 .get_or_create(&labels)
@@ -198,7 +198,7 @@ impl Compactor {
                         tracing::error!(
                             tenant = %tenant,
                             day = %day,
-                            segments = ids.len(),
+                            segments,
                             error = %e,
                             "segment compaction failed; the segments stay and are retried next interval"
                         );
@@ -387,6 +387,7 @@ fn build(
         out.finish(&mut writer)?;
     }
     let (bytes, footer) = writer.finish();
+    // Summed as u64 per block: the footer's own total saturates at u32::MAX.
     let written: u64 = footer
         .streams
         .iter()
@@ -467,14 +468,6 @@ struct StreamWriter<'a> {
     collapsed: u64,
 }
 
-fn raw_size(e: &Entry) -> usize {
-    e.line.len()
-        + e.structured_metadata
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>()
-}
-
 impl<'a> StreamWriter<'a> {
     fn new(labels: &'a LabelSet, opts: &'a CompactionOptions) -> StreamWriter<'a> {
         StreamWriter {
@@ -526,7 +519,7 @@ impl<'a> StreamWriter<'a> {
                 self.seal(writer)?;
             }
         }
-        self.block_bytes += raw_size(&e);
+        self.block_bytes += chunk::entry_block_bytes(&e);
         self.block.push(e);
         self.written += 1;
         Ok(())

@@ -376,11 +376,7 @@ impl Heads {
                 }
             };
             c.hashes.push(h);
-            c.head_bytes += e.line.len()
-                + e.structured_metadata
-                    .iter()
-                    .map(|(n, v)| n.len() + v.len())
-                    .sum::<usize>();
+            c.head_bytes += chunk::entry_block_bytes(&e);
             c.head.push(e);
             c.last_append_ns = now_ns;
             c.head_min_wal = min_segment(c.head_min_wal, Some(wal_segment));
