@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use lode_push::{Entry, LabelSet};
 use query_lang::eval::{
-    self, required_substrings, BatchIter, BlockCount, Direction, EntryBatch, EvalError, LogSource,
-    QueryParams, QueryResult, SelectRequest, SourceError, StreamData,
+    self, required_substrings, BatchIter, BlockCount, BlockOrigin, Direction, EntryBatch,
+    EvalError, LogSource, QueryParams, QueryResult, SampleCache, SelectRequest, SourceError,
+    StreamData,
 };
 use query_lang::{Expr, Matcher};
 use tokio::sync::Semaphore;
@@ -401,29 +402,56 @@ impl LogSource for TenantSource {
                 }
                 None => Vec::new(),
             };
+            // Stored blocks sharing no time with the head hold no entry another piece
+            // holds (see `take_countable`): when order does not matter they go out
+            // whole, each a batch the engine may cache, instead of merged.
+            let whole: Vec<Piece> = if req.any_order {
+                let head_range = head.as_ref().map(Piece::range);
+                let (whole, rest) = pieces.into_iter().partition(|p| match p {
+                    Piece::Block(_, b, _) => !head_range
+                        .is_some_and(|(lo, hi)| hi >= b.meta.min_ts && lo <= b.meta.max_ts),
+                    Piece::Head(_) => false,
+                });
+                pieces = rest;
+                whole
+            } else {
+                Vec::new()
+            };
             pieces.extend(head);
             for c in &counts {
                 self.processed.add_counted(c.lines, c.bytes);
             }
-            if pieces.is_empty() && counts.is_empty() {
+            if pieces.is_empty() && whole.is_empty() && counts.is_empty() {
                 continue;
             }
-            let reader = MergeReader::new(
-                pieces,
-                req.direction == Direction::Forward,
-                filter.clone(),
-                self.storage.clone(),
-                self.runtime.clone(),
-                self.cancel.clone(),
-                self.processed.clone(),
-            );
+            let reader = |pieces, merge| {
+                MergeReader::new(
+                    pieces,
+                    req.direction == Direction::Forward,
+                    filter.clone(),
+                    self.storage.clone(),
+                    self.runtime.clone(),
+                    self.cancel.clone(),
+                    self.processed.clone(),
+                )
+                .merging(merge)
+            };
+            let batches: BatchIter = if whole.is_empty() {
+                Box::new(reader(pieces, true))
+            } else {
+                Box::new(reader(whole, false).chain(reader(pieces, true)))
+            };
             out.push(StreamData {
                 labels: stream.labels,
-                batches: Box::new(reader) as BatchIter,
+                batches,
                 counts,
             });
         }
         Ok(out)
+    }
+
+    fn sample_cache(&self) -> Option<&SampleCache> {
+        Some(self.storage.sample_cache())
     }
 }
 
@@ -523,6 +551,9 @@ struct Cursor {
     entries: Arc<Vec<Entry>>,
     lo: usize,
     hi: usize,
+    /// The stored block the entries are (all of it, or all that can pass the filter);
+    /// `None` for a head.
+    origin: Option<BlockOrigin>,
 }
 
 impl Cursor {
@@ -563,6 +594,10 @@ impl Cursor {
 /// entry found in two pieces (flushed to a segment while still in a head) comes out once.
 struct MergeReader {
     forward: bool,
+    /// False: pieces are handed out one whole piece per batch, in the order they are
+    /// opened, without merging (for pieces known to share no entry, under
+    /// `SelectRequest::any_order`).
+    merge: bool,
     /// Blocks (not heads: they are already in memory) holding none of a required
     /// substring are skipped unparsed.
     filter: BlockFilter,
@@ -612,6 +647,7 @@ impl MergeReader {
         }
         MergeReader {
             forward,
+            merge: true,
             filter,
             pending: pieces.into(),
             prefetched: std::collections::VecDeque::new(),
@@ -621,6 +657,12 @@ impl MergeReader {
             cancel,
             processed,
         }
+    }
+
+    /// Whether pieces are merged (the default) or handed out whole one after another.
+    fn merging(mut self, merge: bool) -> Self {
+        self.merge = merge;
+        self
     }
 
     /// Starts reads of the next pending pieces not yet started, up to the read-ahead.
@@ -655,9 +697,14 @@ impl MergeReader {
         let started = self.prefetched.pop_front();
         self.prefetch();
         let err = |message: String| SourceError { message };
-        if let Piece::Block(_, block, _) = &piece {
+        let mut origin = None;
+        if let Piece::Block(seg, block, _) = &piece {
             self.processed
                 .add_read(u64::from(block.meta.count), block.meta.raw_bytes);
+            origin = Some(BlockOrigin {
+                object: seg.id.0,
+                offset: block.offset,
+            });
         }
         let entries = match (piece, started) {
             (Piece::Head(e), _) => {
@@ -677,7 +724,12 @@ impl MergeReader {
         // A skipped block holds no line that can pass the query's filters.
         if let Some(entries) = entries {
             let hi = entries.len();
-            self.active.push(Cursor { entries, lo: 0, hi });
+            self.active.push(Cursor {
+                entries,
+                lo: 0,
+                hi,
+                origin,
+            });
         }
         Ok(())
     }
@@ -692,6 +744,9 @@ impl MergeReader {
     }
 
     fn next_batch(&mut self) -> Result<Option<EntryBatch>, SourceError> {
+        if !self.merge {
+            return self.next_whole();
+        }
         let forward = self.forward;
         loop {
             if self.cancel.load(Ordering::Relaxed) {
@@ -738,6 +793,9 @@ impl MergeReader {
                 continue;
             };
             let (lo, hi) = (cursor.lo, cursor.hi);
+            let whole_block = cursor
+                .origin
+                .filter(|_| lo == 0 && hi == cursor.entries.len());
             let run = cursor.entries.get(lo..hi).unwrap_or_default();
             let (start, end) = match bound {
                 None => (lo, hi),
@@ -771,12 +829,38 @@ impl MergeReader {
                     }
                 }
             }
+            // A batch that is a whole block says so: the engine may keep what it made of it.
+            let origin = whole_block.filter(|_| (start, end) == (lo, hi));
             let batch = EntryBatch {
                 entries,
                 start,
                 end,
+                origin,
             };
             return Ok(Some(batch));
+        }
+    }
+}
+
+impl MergeReader {
+    /// The next opened piece, whole (blocks the filter skipped yield nothing).
+    fn next_whole(&mut self) -> Result<Option<EntryBatch>, SourceError> {
+        loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            if let Some(c) = self.active.pop() {
+                return Ok(Some(EntryBatch {
+                    entries: c.entries,
+                    start: c.lo,
+                    end: c.hi,
+                    origin: c.origin,
+                }));
+            }
+            if self.pending.is_empty() {
+                return Ok(None);
+            }
+            self.open_next()?;
         }
     }
 }
@@ -969,5 +1053,88 @@ mod flush_race_tests {
         };
         assert_eq!(v.iter().map(|s| s.value).collect::<Vec<_>>(), [3.0]);
         assert_eq!(storage.segments(&tenant).len(), 1, "the flush did happen");
+    }
+
+    /// Metric queries over segments and heads answer the same with the sample cache as
+    /// without, run after run, including for a block a head's entries interleave (its
+    /// batches are pieces of it, which must not be cached as the block).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_samples_answer_as_reading_the_lines_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |samples_mb| StorageConfig {
+            filesystem: FilesystemConfig {
+                directory: dir.path().join("chunks"),
+            },
+            sample_cache_max_size_mb: samples_mb,
+            ..StorageConfig::default()
+        };
+        let storage = Storage::open(&cfg(64), Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let ingester = Ingester::open(
+            IngesterConfig::default(),
+            dir.path().join("wal"),
+            storage.clone(),
+        )
+        .await
+        .unwrap();
+        let tenant = TenantId::new("fake").unwrap();
+        let now = SystemClock.now_ns();
+        let t0 = now - 600_000_000_000;
+        let lines = |app: &str, from: i64, step: i64| {
+            let labels = LabelSet::parse(&format!(r#"{{app="{app}"}}"#)).unwrap();
+            let entries = (0..200)
+                .map(|i| Entry {
+                    timestamp_ns: from + i * step,
+                    line: format!("level={} took={}ms", ["info", "error"][i as usize % 2], i),
+                    structured_metadata: Vec::new(),
+                })
+                .collect();
+            (labels, entries)
+        };
+        ingester
+            .push(
+                &tenant,
+                vec![lines("a", t0, 1_000_000_000), lines("b", t0, 1_000_000_000)],
+            )
+            .await
+            .unwrap();
+        ingester.flush_all().await.unwrap();
+        // Stream b's head now interleaves its stored block.
+        ingester
+            .push(&tenant, vec![lines("b", t0 + 500_000_000, 1_000_000_000)])
+            .await
+            .unwrap();
+        let limits = Arc::new(Limits::new(LimitsConfig::default()));
+        let cached = Querier::new(storage.clone(), ingester.clone(), limits.clone());
+        let plain_storage = Storage::open(&cfg(0), Arc::new(SystemClock)).await.unwrap();
+        let plain = Querier::new(plain_storage, ingester.clone(), limits);
+        let queries = [
+            r#"sum by (app, level) (count_over_time({app=~"a|b"} | logfmt [1m]))"#,
+            r#"sum by (app) (sum_over_time({app=~"a|b"} | logfmt | unwrap duration(took) [5m]))"#,
+        ];
+        let ranges = [
+            QueryParams::range(t0 - 60_000_000_000, now, 60_000_000_000),
+            QueryParams::range(t0 + 30_000_000_000, t0 + 150_000_000_000, 10_000_000_000),
+        ];
+        for _ in 0..2 {
+            for q in queries {
+                for params in &ranges {
+                    let expr = query_lang::parse_expr(q).unwrap();
+                    let (want, _) = plain
+                        .query(&tenant, expr.clone(), params.clone())
+                        .await
+                        .unwrap();
+                    let (got, _) = cached.query(&tenant, expr, params.clone()).await.unwrap();
+                    assert_eq!(
+                        serde_json::to_string(&got).unwrap(),
+                        serde_json::to_string(&want).unwrap(),
+                        "{q}"
+                    );
+                }
+            }
+        }
+        // Stream a's block, once per query; stream b's block is never whole.
+        assert_eq!(storage.sample_cache().len(), queries.len());
     }
 }

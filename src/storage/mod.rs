@@ -29,7 +29,7 @@ use lode_push::Entry;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use parking_lot::{Mutex, RwLock};
-use query_lang::eval::{BlockCount, Needle};
+use query_lang::eval::{BlockCount, Needle, SampleCache};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk;
@@ -103,7 +103,13 @@ pub struct StorageConfig {
     pub aws: Option<AwsConfig>,
     /// Bound of the decoded-block LRU, in MiB.
     pub block_cache_max_size_mb: usize,
+    /// Bound of the LRU of what metric queries' pipelines made of whole blocks, in MiB
+    /// (query-lang's `SampleCache`); 0 turns it off.
+    pub sample_cache_max_size_mb: usize,
 }
+
+/// Default of `storage_config.sample_cache_max_size_mb`.
+pub const DEFAULT_SAMPLE_CACHE_MB: usize = 64;
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -111,6 +117,7 @@ impl Default for StorageConfig {
             filesystem: FilesystemConfig::default(),
             aws: None,
             block_cache_max_size_mb: 256,
+            sample_cache_max_size_mb: DEFAULT_SAMPLE_CACHE_MB,
         }
     }
 }
@@ -497,6 +504,10 @@ pub struct Storage {
     clock: Arc<dyn Clock>,
     segments: RwLock<HashMap<TenantId, BTreeMap<SegmentId, Arc<SegmentMeta>>>>,
     cache: Mutex<BlockCache>,
+    /// Metric queries' samples of whole blocks, keyed by segment id and block offset
+    /// (segments never change under one id, so entries never go stale; those of deleted
+    /// segments age out).
+    samples: SampleCache,
 }
 
 impl fmt::Debug for Storage {
@@ -513,10 +524,13 @@ impl Storage {
         config: &StorageConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, Error> {
-        let cache = config.block_cache_max_size_mb << 20;
+        let caches = (
+            config.block_cache_max_size_mb << 20,
+            config.sample_cache_max_size_mb << 20,
+        );
         match config.local_filesystem()? {
-            Some(local) => Storage::build(local.clone(), Some(local), cache, clock).await,
-            None => Storage::build(config.object_store()?, None, cache, clock).await,
+            Some(local) => Storage::build(local.clone(), Some(local), caches, clock).await,
+            None => Storage::build(config.object_store()?, None, caches, clock).await,
         }
     }
 
@@ -526,13 +540,20 @@ impl Storage {
         cache_bytes: usize,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, Error> {
-        Storage::build(store, None, cache_bytes, clock).await
+        let caches = (cache_bytes, DEFAULT_SAMPLE_CACHE_MB << 20);
+        Storage::build(store, None, caches, clock).await
     }
 
+    /// Metric queries' samples of whole stored blocks.
+    pub fn sample_cache(&self) -> &SampleCache {
+        &self.samples
+    }
+
+    /// `caches`: the byte budgets of the decoded-block cache and of the sample cache.
     async fn build(
         store: Arc<dyn ObjectStore>,
         local: Option<Arc<object_store::local::LocalFileSystem>>,
-        cache_bytes: usize,
+        (cache_bytes, sample_bytes): (usize, usize),
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, Error> {
         let storage = Arc::new(Storage {
@@ -551,6 +572,7 @@ impl Storage {
                 bytes: 0,
                 budget: cache_bytes,
             }),
+            samples: SampleCache::new(sample_bytes),
         });
         storage.load().await?;
         Ok(storage)

@@ -149,6 +149,7 @@ pub(crate) fn eval_log(
     let hint = leading_line_filters(&sel.pipeline);
     let req = SelectRequest {
         count_edges: None,
+        any_order: false,
         matchers: &sel.matchers,
         start_ns: params.start_ns,
         end_ns: params.end_ns,

@@ -11,11 +11,13 @@
 mod log_query;
 mod range;
 pub mod result;
+mod sample_cache;
 pub mod source;
 mod variants;
 mod vector;
 
 pub use result::{EntryLabels, LogEntry, Point, QueryResult, Sample, Series, Stream};
+pub use sample_cache::{BlockOrigin, SampleCache};
 pub use source::{
     required_substrings, BatchIter, BlockCount, Direction, EntryBatch, InMemorySource, LogSource,
     Needle, SelectRequest, SourceError, StreamData,

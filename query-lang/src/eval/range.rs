@@ -8,7 +8,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use std::sync::Arc;
+
+use lode_push::{Entry, LabelSet};
+
 use super::log_query::{leading_line_filters, print_labels};
+use super::sample_cache::{BlockSamples, CachedSeries, SampleCache};
 use super::source::{Direction, LogSource, SelectRequest, StreamData};
 use super::{EvalError, QueryParams};
 use crate::log::conversion::{parse_bytes, parse_duration_seconds, parse_float};
@@ -229,7 +234,7 @@ pub(crate) fn eval_range_agg(
             agg.op,
             RangeOp::CountOverTime | RangeOp::Rate | RangeOp::BytesOverTime | RangeOp::BytesRate
         );
-    let edges = if countable {
+    let edges = if countable || sums_counts(agg) {
         window_edges(grid, lr.range, lr.offset)
     } else {
         Vec::new()
@@ -241,6 +246,8 @@ pub(crate) fn eval_range_agg(
         direction: Direction::Forward,
         line_filters: &hints,
         count_edges: countable.then_some(edges.as_slice()),
+        // Samples are sorted per series before windows are swept.
+        any_order: true,
     };
     let streams = ctx.source.select(&req)?;
     let absent = agg.op == RangeOp::AbsentOverTime;
@@ -254,6 +261,33 @@ pub(crate) fn eval_range_agg(
         to,
         absent,
         simple: !pipeline.changes_labels() && lr.unwrap.is_none(),
+        cache: None,
+    };
+    // Everything that decides a line's sample and series, bar the stream (a block is of
+    // one stream): the aggregation with its pipeline and unwrap, the grouping series
+    // are keyed by, the parser hints, whether errors are kept.
+    let job = StreamJob {
+        cache: ctx
+            .source
+            .sample_cache()
+            .filter(|c| c.enabled())
+            .map(|cache| {
+                let extraction: Arc<str> = format!(
+                    "{agg:?}|{grouping:?}|{wanted:?}|{}|{}|{}",
+                    job.preserve, job.absent, job.simple
+                )
+                .into();
+                let hash = {
+                    use std::hash::BuildHasher;
+                    foldhash::fast::FixedState::with_seed(0x6c6f6465).hash_one(&*extraction)
+                };
+                JobCache {
+                    cache,
+                    hash,
+                    extraction,
+                }
+            }),
+        ..job
     };
     let series = collect_parallel(streams, &job)?;
     if absent {
@@ -261,11 +295,22 @@ pub(crate) fn eval_range_agg(
     }
     let mut out = Matrix::default();
     for mut s in series {
+        if sums_counts(agg) {
+            let points = sweep_sums(agg, &s.ts, &s.values, grid, lr.offset, lr.range, &edges);
+            if !points.is_empty() {
+                out.series.push(MSeries {
+                    labels: s.labels,
+                    points,
+                });
+            }
+            continue;
+        }
         if !s.sorted {
-            let mut order: Vec<usize> = (0..s.ts.len()).collect();
-            order.sort_by_key(|&i| s.ts[i]);
-            s.ts = order.iter().map(|&i| s.ts[i]).collect();
-            s.values = order.iter().map(|&i| s.values[i]).collect();
+            // Sorting the pairs themselves (stable: ties keep their arrival order) reads
+            // memory in order, unlike sorting a permutation and gathering through it.
+            let mut pairs: Vec<(i64, f64)> = s.ts.iter().copied().zip(s.values).collect();
+            pairs.sort_by_key(|p| p.0);
+            (s.ts, s.values) = pairs.into_iter().unzip();
         }
         let points = sweep(agg, &s.ts, &s.values, grid, lr.range, lr.offset);
         if !points.is_empty() {
@@ -290,6 +335,15 @@ struct StreamJob<'a> {
     to: i64,
     absent: bool,
     simple: bool,
+    /// Where whole blocks' samples are remembered, when the source has a cache.
+    cache: Option<JobCache<'a>>,
+}
+
+/// The sample cache as one range aggregation uses it: its extraction and that's hash.
+struct JobCache<'a> {
+    cache: &'a SampleCache,
+    hash: u64,
+    extraction: Arc<str>,
 }
 
 /// Samples of the series seen so far, keyed by their labels.
@@ -372,15 +426,12 @@ fn collect_stream(
     let StreamJob {
         agg,
         grouping,
-        post_filters,
-        preserve,
         from,
         to,
         absent,
         simple,
         ..
     } = *job;
-    let lr = &agg.range;
     let (series, index) = (&mut c.series, &mut c.index);
     let stream_labels = stream.labels;
     let stream_key = if absent {
@@ -388,7 +439,7 @@ fn collect_stream(
     } else {
         apply_grouping(&stream_labels.pairs().to_vec(), grouping)
     };
-    let mut slots = SlotCache::new(stream_key, grouping, simple, absent);
+    let mut slots = SlotCache::new(stream_key.clone(), grouping, simple, absent);
     // Blocks the store counted instead of reading (no pipeline, one window): one sample
     // per metadata set, weighted by its lines or bytes.
     for count in &stream.counts {
@@ -407,6 +458,26 @@ fn collect_stream(
     }
     for batch in stream.batches {
         let batch = batch?;
+        if let (Some(cache), Some(origin)) = (&job.cache, batch.origin) {
+            let samples = match cache.cache.get(origin, cache.hash, &cache.extraction) {
+                Some(hit) => Some(hit),
+                None => {
+                    let built =
+                        block_samples(batch.as_slice(), job, pipeline, &stream_labels, &stream_key)
+                            .map(|s| Arc::new(BlockSamples::new(cache.extraction.clone(), s)));
+                    if let Some(b) = &built {
+                        cache.cache.put(origin, cache.hash, b.clone());
+                    }
+                    built
+                }
+            };
+            // Without samples the block raised an error: its lines are read below, where
+            // the error is reported if the line lies in the query's range.
+            if let Some(samples) = samples {
+                add_block_samples(&samples, from, to, index, series);
+                continue;
+            }
+        }
         // One builder per batch: its label storage is reused line after line.
         let mut lb = LabelsBuilder::new(&stream_labels);
         for entry in batch.as_slice() {
@@ -414,47 +485,130 @@ fn collect_stream(
             if ts <= from || ts > to {
                 continue;
             }
-            lb.reset(&entry.structured_metadata);
-            let Some(line) = pipeline.process(ts, &entry.line, &mut lb) else {
-                continue;
-            };
-            let value = match &lr.unwrap {
-                None => match agg.op {
-                    RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
-                    _ => 1.0,
-                },
-                Some(u) => {
-                    let converted = match lb.get(&u.label) {
-                        Some(raw) if !raw.is_empty() => convert(u.conversion, raw),
-                        _ => continue,
-                    };
-                    let v = match converted {
-                        Ok(v) => v,
-                        Err(details) => {
-                            lb.set_error_if_none(SAMPLE_EXTRACTION_ERR, details);
-                            0.0
-                        }
-                    };
-                    if !post_filters.iter().all(|f| f.keep(&mut lb)) {
-                        continue;
-                    }
-                    lb.delete(&u.label);
-                    v
-                }
-            };
-            if let Some(kind) = lb.error() {
-                if !preserve {
-                    return Err(EvalError::SeriesError {
-                        kind: kind.to_owned(),
-                        series: print_labels(&lb.labels()),
-                    });
-                }
+            if let Some(value) = line_sample(job, pipeline, entry, &mut lb)? {
+                let slot = slots.slot(&lb, grouping, index, series);
+                push_sample(series, slot, ts, value);
             }
-            let slot = slots.slot(&lb, grouping, index, series);
-            push_sample(series, slot, ts, value);
         }
     }
     Ok(())
+}
+
+/// The sample one entry gives, its final labels left in `lb`: `None` when the pipeline
+/// or the unwrap drops the line, `Err` for an error the query must report.
+fn line_sample<'a>(
+    job: &StreamJob<'_>,
+    pipeline: &mut Pipeline,
+    entry: &'a Entry,
+    lb: &mut LabelsBuilder<'a>,
+) -> Result<Option<f64>, EvalError> {
+    lb.reset(&entry.structured_metadata);
+    let Some(line) = pipeline.process(entry.timestamp_ns, &entry.line, lb) else {
+        return Ok(None);
+    };
+    let value = match &job.agg.range.unwrap {
+        None => match job.agg.op {
+            RangeOp::BytesOverTime | RangeOp::BytesRate => line.len() as f64,
+            _ => 1.0,
+        },
+        Some(u) => {
+            let converted = match lb.get(&u.label) {
+                Some(raw) if !raw.is_empty() => convert(u.conversion, raw),
+                _ => return Ok(None),
+            };
+            let v = match converted {
+                Ok(v) => v,
+                Err(details) => {
+                    lb.set_error_if_none(SAMPLE_EXTRACTION_ERR, details);
+                    0.0
+                }
+            };
+            if !job.post_filters.iter().all(|f| f.keep(lb)) {
+                return Ok(None);
+            }
+            lb.delete(&u.label);
+            v
+        }
+    };
+    if let Some(kind) = lb.error() {
+        if !job.preserve {
+            return Err(EvalError::SeriesError {
+                kind: kind.to_owned(),
+                series: print_labels(&lb.labels()),
+            });
+        }
+    }
+    Ok(Some(value))
+}
+
+/// Whether every sample of `job` is a line count of 1 (none needs storing).
+fn counts_lines(job: &StreamJob<'_>) -> bool {
+    job.agg.range.unwrap.is_none()
+        && !matches!(job.agg.op, RangeOp::BytesOverTime | RangeOp::BytesRate)
+}
+
+/// The samples of every entry of one whole block, whatever its time, per series; `None`
+/// when a line raised an error the query reports (such blocks are not cached).
+fn block_samples(
+    entries: &[Entry],
+    job: &StreamJob<'_>,
+    pipeline: &mut Pipeline,
+    stream_labels: &LabelSet,
+    stream_key: &Labels,
+) -> Option<Vec<CachedSeries>> {
+    let mut local = Collector::default();
+    let mut slots = SlotCache::new(stream_key.clone(), job.grouping, job.simple, job.absent);
+    let mut lb = LabelsBuilder::new(stream_labels);
+    for entry in entries {
+        if let Some(value) = line_sample(job, pipeline, entry, &mut lb).ok()? {
+            let slot = slots.slot(&lb, job.grouping, &mut local.index, &mut local.series);
+            push_sample(&mut local.series, slot, entry.timestamp_ns, value);
+        }
+    }
+    let counts = counts_lines(job);
+    Some(
+        local
+            .series
+            .into_iter()
+            .map(|s| CachedSeries {
+                labels: s.labels,
+                ts: s.ts,
+                values: (!counts).then_some(s.values),
+            })
+            .collect(),
+    )
+}
+
+/// Adds a block's samples in `(from, to]` to the series.
+fn add_block_samples(
+    samples: &BlockSamples,
+    from: i64,
+    to: i64,
+    index: &mut HashMap<Labels, usize>,
+    series: &mut Vec<SeriesSamples>,
+) {
+    for s in &samples.series {
+        // A block's entries, and so each series' samples, are in time order.
+        let lo = s.ts.partition_point(|&t| t <= from);
+        let hi = s.ts.partition_point(|&t| t <= to);
+        let Some(ts) = s.ts.get(lo..hi).filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        let slot = slot_for(index, series, s.labels.clone());
+        let Some(t) = series.get_mut(slot) else {
+            continue;
+        };
+        if t.ts.last().zip(ts.first()).is_some_and(|(a, b)| a > b) {
+            t.sorted = false;
+        }
+        t.ts.extend_from_slice(ts);
+        match &s.values {
+            Some(v) => t
+                .values
+                .extend_from_slice(v.get(lo..hi).unwrap_or_default()),
+            None => t.values.resize(t.values.len() + ts.len(), 1.0),
+        }
+    }
 }
 
 /// The edges of every window `(t - offset - range, t - offset]` of `grid`, ascending
@@ -784,6 +938,74 @@ fn sweep(
     points
 }
 
+/// Whether every window's value is a sum of whole numbers (lines, line bytes, and the
+/// stores' counts of them): such sums come out the same in any order of addition, so
+/// the samples need no sorting (see [`sweep_sums`]).
+fn sums_counts(agg: &RangeAggregation) -> bool {
+    agg.range.unwrap.is_none()
+        && matches!(
+            agg.op,
+            RangeOp::CountOverTime | RangeOp::Rate | RangeOp::BytesOverTime | RangeOp::BytesRate
+        )
+}
+
+/// [`sweep`] for [`sums_counts`] aggregations, over samples in any order: each sample is
+/// added to the span between window `edges` ([`window_edges`]) holding it, and a
+/// window's value is the sum of its spans (a difference of running sums, exact for whole
+/// numbers below 2^53). Windows without samples emit nothing, as in `sweep`.
+fn sweep_sums(
+    agg: &RangeAggregation,
+    ts: &[i64],
+    values: &[f64],
+    grid: &StepGrid,
+    offset: i64,
+    range: i64,
+    edges: &[i64],
+) -> Vec<(u32, f64)> {
+    // Span i is (edges[i - 1], edges[i]]; totals[k] and counts[k] end up holding the
+    // samples of spans below k.
+    let mut totals = vec![0.0f64; edges.len() + 2];
+    let mut counts = vec![0u64; edges.len() + 2];
+    let span_of = |t: i64| edges.partition_point(|&e| e < t);
+    let mut last = 0usize;
+    for (&t, &v) in ts.iter().zip(values) {
+        // Samples come in runs of ascending time: most share the previous one's span.
+        let above = last.checked_sub(1).is_none_or(|i| edges.get(i).is_some_and(|&e| e < t));
+        let below = edges.get(last).is_none_or(|&e| t <= e);
+        let span = if above && below { last } else { span_of(t) };
+        last = span;
+        if let (Some(total), Some(count)) = (totals.get_mut(span + 1), counts.get_mut(span + 1)) {
+            *total += v;
+            *count += 1;
+        }
+    }
+    for k in 1..totals.len() {
+        totals[k] += totals[k - 1];
+        counts[k] += counts[k - 1];
+    }
+    let range_secs = range as f64 / 1e9;
+    let mut points = Vec::new();
+    for step in 0..grid.len() {
+        let t = grid.timestamp_ns(step) - offset;
+        // Both ends are edges: the window is spans first + 1 ..= last.
+        let (Ok(first), Ok(last)) = (edges.binary_search(&(t - range)), edges.binary_search(&t))
+        else {
+            continue;
+        };
+        let n = counts[last + 1] - counts[first + 1];
+        if n == 0 {
+            continue;
+        }
+        let sum = totals[last + 1] - totals[first + 1];
+        let v = match agg.op {
+            RangeOp::Rate | RangeOp::BytesRate => sum / range_secs,
+            _ => sum,
+        };
+        points.push((step as u32, v));
+    }
+    points
+}
+
 /// Prometheus' incremental mean, which keeps ±Inf stable.
 pub(crate) fn avg(w: &[f64]) -> f64 {
     let mut mean = 0.0f64;
@@ -1004,6 +1226,35 @@ mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(500))]
+
+            #[test]
+            fn summed_spans_equal_the_sorted_sweep(
+                samples in prop::collection::vec((0i64..4_000, 0u32..3_000), 0..300),
+                op in prop::sample::select(vec!["count_over_time", "rate", "bytes_over_time", "bytes_rate"]),
+                range in prop::sample::select(vec![1i64, 7, 100, 250, 1_000]),
+                step in prop::sample::select(vec![0i64, 1, 13, 60, 500]),
+                offset in prop::sample::select(vec![0i64, 5, 120]),
+                start in 0i64..2_000,
+            ) {
+                let q = format!(r#"{op}({{app="a"}}[{range}s] offset {offset}s)"#);
+                let Ok(crate::syntax::ast::Expr::Metric(crate::syntax::ast::MetricExpr::RangeAggregation(agg))) =
+                    crate::parse_expr(&q)
+                else {
+                    panic!("{q} is not a range aggregation");
+                };
+                let (sec, (range, offset)) = (1_000_000_000i64, (range * 1_000_000_000, offset * 1_000_000_000));
+                let params = QueryParams::range(start * sec, (start + 1_000) * sec, step * sec);
+                let grid = StepGrid::new(&params);
+                let ts: Vec<i64> = samples.iter().map(|(t, _)| t * sec / 2).collect();
+                let values: Vec<f64> = samples.iter().map(|(_, v)| f64::from(*v)).collect();
+                let edges = window_edges(&grid, range, offset);
+                let got = sweep_sums(&agg, &ts, &values, &grid, offset, range, &edges);
+                let mut pairs: Vec<(i64, f64)> = ts.iter().copied().zip(values.iter().copied()).collect();
+                pairs.sort_by_key(|p| p.0);
+                let (ts, values): (Vec<i64>, Vec<f64>) = pairs.into_iter().unzip();
+                let want = sweep(&agg, &ts, &values, &grid, range, offset);
+                prop_assert_eq!(got, want);
+            }
 
             #[test]
             fn selected_quantile_equals_the_sorted_one(

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use lode_push::{Entry, LabelSet};
 
+use super::sample_cache::{BlockOrigin, SampleCache};
 use crate::syntax::ast::LineFilter;
 use crate::Matcher;
 
@@ -46,6 +47,11 @@ pub struct SelectRequest<'a> {
     /// instead of the entries themselves, when no other piece of the stream can hold
     /// copies of them (copies are de-duplicated only when read).
     pub count_edges: Option<&'a [i64]>,
+    /// The engine only aggregates what it reads (samples are sorted by time before use):
+    /// a stream's batches may then come in any order, and a store may hand stored blocks
+    /// that no other piece can hold copies of whole and unmerged, each with its
+    /// [`EntryBatch::origin`].
+    pub any_order: bool,
 }
 
 /// Lines and line bytes of entries carrying one structured-metadata set in one span of
@@ -109,6 +115,10 @@ pub struct EntryBatch {
     pub entries: Arc<Vec<Entry>>,
     pub start: usize,
     pub end: usize,
+    /// Set when the batch is a whole immutable block (every entry of it, or every entry
+    /// that can pass the request's line filters): the engine may then remember what its
+    /// pipeline made of it (see [`SampleCache`]).
+    pub origin: Option<BlockOrigin>,
 }
 
 impl EntryBatch {
@@ -119,6 +129,7 @@ impl EntryBatch {
             entries,
             start: 0,
             end,
+            origin: None,
         }
     }
 
@@ -136,7 +147,8 @@ pub struct SourceError {
 }
 
 /// Batches of one stream. For [`Direction::Forward`] batches come oldest first, for
-/// [`Direction::Backward`] newest first; entries inside a batch are always ascending.
+/// [`Direction::Backward`] newest first (in any order under
+/// [`SelectRequest::any_order`]); entries inside a batch are always ascending.
 /// Entries outside the requested range may appear; the engine drops them.
 pub type BatchIter = Box<dyn Iterator<Item = Result<EntryBatch, SourceError>> + Send>;
 
@@ -161,6 +173,12 @@ impl std::fmt::Debug for StreamData {
 pub trait LogSource {
     /// The streams matching `req.matchers` that may hold entries in the range.
     fn select(&self, req: &SelectRequest<'_>) -> Result<Vec<StreamData>, SourceError>;
+
+    /// Where metric queries remember the samples of batches that carry a
+    /// [`BlockOrigin`]; none by default.
+    fn sample_cache(&self) -> Option<&SampleCache> {
+        None
+    }
 }
 
 /// Streams held in memory, for tests, benches and the ruler's unit tests.
@@ -234,6 +252,7 @@ impl LogSource for InMemorySource {
                     entries: Arc::clone(&shared),
                     start,
                     end,
+                    origin: None,
                 })
             });
             out.push(StreamData {
@@ -315,6 +334,7 @@ mod tests {
         let m = [Matcher::new("app", MatchOp::Eq, "a").unwrap()];
         let req = SelectRequest {
             count_edges: None,
+            any_order: false,
             matchers: &m,
             start_ns: 1,
             end_ns: 3,

@@ -49,6 +49,7 @@ impl LogSource for ScannedSource {
                 entries: Arc::clone(entries),
                 start: lo,
                 end: hi,
+                origin: None,
             };
             out.push(StreamData {
                 labels: labels.clone(),
@@ -79,6 +80,7 @@ fn scan(
         direction: Direction::Forward,
         line_filters: &hints,
         count_edges: None,
+        any_order: false,
     };
     let mut index: HashMap<Labels, usize> = HashMap::new();
     let mut out: Vec<(Labels, Vec<Entry>)> = Vec::new();
