@@ -1006,23 +1006,30 @@ mod flush_race_tests {
         }
     }
 
+    fn storage_config(dir: &std::path::Path, sample_cache_max_size_mb: usize) -> StorageConfig {
+        StorageConfig {
+            filesystem: FilesystemConfig {
+                directory: dir.join("chunks"),
+            },
+            sample_cache_max_size_mb,
+            ..StorageConfig::default()
+        }
+    }
+
+    /// Storage under `dir` (with the default sample cache) and an ingester over it.
+    async fn open(dir: &std::path::Path) -> (Arc<Storage>, Arc<Ingester>) {
+        let cfg = storage_config(dir, crate::storage::DEFAULT_SAMPLE_CACHE_MB);
+        let storage = Storage::open(&cfg, Arc::new(SystemClock)).await.unwrap();
+        let ingester = Ingester::open(IngesterConfig::default(), dir.join("wal"), storage.clone())
+            .await
+            .unwrap();
+        (storage, ingester)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flush_during_a_query_hides_no_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StorageConfig {
-            filesystem: FilesystemConfig {
-                directory: dir.path().join("chunks"),
-            },
-            ..StorageConfig::default()
-        };
-        let storage = Storage::open(&cfg, Arc::new(SystemClock)).await.unwrap();
-        let ingester = Ingester::open(
-            IngesterConfig::default(),
-            dir.path().join("wal"),
-            storage.clone(),
-        )
-        .await
-        .unwrap();
+        let (storage, ingester) = open(dir.path()).await;
         let tenant = TenantId::new("fake").unwrap();
         let labels = LabelSet::parse(r#"{app="a"}"#).unwrap();
         let now = SystemClock.now_ns();
@@ -1061,23 +1068,7 @@ mod flush_race_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cached_samples_answer_as_reading_the_lines_does() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = |samples_mb| StorageConfig {
-            filesystem: FilesystemConfig {
-                directory: dir.path().join("chunks"),
-            },
-            sample_cache_max_size_mb: samples_mb,
-            ..StorageConfig::default()
-        };
-        let storage = Storage::open(&cfg(64), Arc::new(SystemClock))
-            .await
-            .unwrap();
-        let ingester = Ingester::open(
-            IngesterConfig::default(),
-            dir.path().join("wal"),
-            storage.clone(),
-        )
-        .await
-        .unwrap();
+        let (storage, ingester) = open(dir.path()).await;
         let tenant = TenantId::new("fake").unwrap();
         let now = SystemClock.now_ns();
         let t0 = now - 600_000_000_000;
@@ -1107,7 +1098,9 @@ mod flush_race_tests {
             .unwrap();
         let limits = Arc::new(Limits::new(LimitsConfig::default()));
         let cached = Querier::new(storage.clone(), ingester.clone(), limits.clone());
-        let plain_storage = Storage::open(&cfg(0), Arc::new(SystemClock)).await.unwrap();
+        let plain_storage = Storage::open(&storage_config(dir.path(), 0), Arc::new(SystemClock))
+            .await
+            .unwrap();
         let plain = Querier::new(plain_storage, ingester.clone(), limits);
         let queries = [
             r#"sum by (app, level) (count_over_time({app=~"a|b"} | logfmt [1m]))"#,

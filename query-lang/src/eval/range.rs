@@ -970,7 +970,9 @@ fn sweep_sums(
     let mut last = 0usize;
     for (&t, &v) in ts.iter().zip(values) {
         // Samples come in runs of ascending time: most share the previous one's span.
-        let above = last.checked_sub(1).is_none_or(|i| edges.get(i).is_some_and(|&e| e < t));
+        let above = last
+            .checked_sub(1)
+            .is_none_or(|i| edges.get(i).is_some_and(|&e| e < t));
         let below = edges.get(last).is_none_or(|&e| t <= e);
         let span = if above && below { last } else { span_of(t) };
         last = span;
