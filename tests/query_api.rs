@@ -758,6 +758,61 @@ ingester:
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_of_many_streams_cut_by_window_edges_equal_reading_every_line() {
+    // Blocks of every stream straddle the window edges, so each stream's are counted from
+    // their columns, all streams' at once: each count must land in its own stream, first
+    // read from the blocks and then again from the cached count columns.
+    let server = TestServer::start(
+        r#"
+limits_config:
+  discover_service_name: []
+ingester:
+  chunk_block_size: 2048
+"#,
+    )
+    .await;
+    let base = now_ns() - 900_000_000_000;
+    let levels = ["error", "info", "warn"];
+    for (s, lines) in [("a", 700i64), ("b", 1100), ("c", 300), ("d", 900)] {
+        let values: Vec<Value> = (0..lines)
+            .map(|i| {
+                let level = levels[(i as usize * 7 + s.len()) % levels.len()];
+                let line = format!(
+                    "level={level} stream={s} n={i} {}",
+                    "y".repeat((i % 5) as usize)
+                );
+                serde_json::json!([(base + i * 600_000_000).to_string(), line])
+            })
+            .collect();
+        let body = serde_json::json!({"streams": [{"stream": {"app": "many", "shard": s}, "values": values}]});
+        assert_eq!(server.push_json(None, &body).await.0, 204);
+    }
+    assert_eq!(server.post_flush().await.0, 204);
+    let at = base + 250_500_000_000;
+    for round in ["cold", "cached"] {
+        for query in [
+            r#"count_over_time({app="many"}[77s])"#,
+            r#"sum by (shard) (bytes_over_time({app="many"}[3m]))"#,
+            r#"sum by (shard, detected_level) (rate({app="many"}[100s]))"#,
+        ] {
+            let slow = query.replace("[", r#"!= "absent-zq" ["#);
+            let got = instant(&server, query, at).await;
+            assert!(got.len() >= 4, "{round}: {query}: {got:?}");
+            assert_eq!(got, instant(&server, &slow, at).await, "{round}: {query}");
+            let (from, to) = (base + 30_000_000_000, base + 700_000_000_000);
+            let got = range_matrix(&server, query, from, to, "17s").await;
+            assert_eq!(
+                got,
+                range_matrix(&server, &slow, from, to, "17s").await,
+                "{round}: {query}"
+            );
+        }
+    }
+    assert!(server.state().querier.storage().cached_count_bytes() > 0);
+    server.stop().await;
+}
+
 /// GET `path` as `tenant`.
 async fn get_as(
     server: &TestServer,

@@ -52,6 +52,7 @@
 //! computes a [`BlockSummary`] (lines and line bytes per distinct structured-metadata
 //! set), which segments keep in their footer so counts can skip decoding.
 
+pub mod count;
 pub mod wire;
 
 use std::sync::Arc;
@@ -520,48 +521,6 @@ thread_local! {
         const { std::cell::RefCell::new((None, Vec::new(), Vec::new())) };
 }
 
-/// Verifies a block and, when it is a v2 block, decompresses only its columns frame and
-/// calls `f(timestamp, line length, structured metadata)` for every entry in time order,
-/// never touching the lines. Returns false, calling nothing, for a v1 block (its lines
-/// and the rest share one frame: read it whole).
-pub fn for_each_column_entry(
-    bytes: &[u8],
-    mut f: impl FnMut(i64, usize, &[(&str, &str)]),
-) -> Result<bool, Error> {
-    let h = read_block_header(bytes)?;
-    if h.version == BLOCK_VERSION_ROWS {
-        return Ok(false);
-    }
-    let (columns_z, columns_len, _) = split_columns(&h)?;
-    with_scratch(|dctx, first, _| {
-        decompress_exact(dctx, columns_z, first, columns_len, "columns")?;
-        let counted = count_entries(&h.meta, first, &mut f);
-        // A rare huge block must not pin its buffer in every thread for good.
-        if first.capacity() > 4 * MAX_TYPICAL_BLOCK {
-            *first = Vec::new();
-        }
-        counted.map(|()| true)
-    })
-}
-
-/// Calls `f` for every entry a v2 block's decompressed `columns` describe.
-fn count_entries(
-    meta: &BlockMeta,
-    columns: &[u8],
-    f: &mut impl FnMut(i64, usize, &[(&str, &str)]),
-) -> Result<(), Error> {
-    let (timestamps, lengths, mut rest) = read_ts_and_lengths(meta, columns)?;
-    let mut metadata: Vec<(&str, &str)> = Vec::new();
-    for (ts, len) in timestamps.into_iter().zip(lengths) {
-        read_metadata(&mut rest, &mut metadata)?;
-        f(ts, len, &metadata);
-    }
-    if !rest.is_empty() {
-        return Err(columns_error("trailing bytes"));
-    }
-    Ok(())
-}
-
 /// Runs `f` with this thread's decompression context and two reusable buffers.
 fn with_scratch<R>(
     f: impl FnOnce(
@@ -664,9 +623,37 @@ pub fn parse_payload_if(
     }
 }
 
+/// Takes a varint off the front of `buf`, as prost's `decode_varint` does (same values,
+/// same refusals), without a branch per byte for those of at most 8 bytes (every line
+/// length, and timestamp deltas under 2^56 ns): the stop byte is found in one 8-byte
+/// load and the 7-bit groups are packed with three shifts.
+#[inline(always)]
+pub(crate) fn take_varint(buf: &mut &[u8]) -> Option<u64> {
+    if let Some(word) = buf.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+        let word = u64::from_le_bytes(word);
+        let stops = !word & 0x8080_8080_8080_8080;
+        if stops != 0 {
+            // Bits up to and including the first stop byte.
+            let bits = stops.trailing_zeros() + 1;
+            let kept = if bits >= 64 {
+                word
+            } else {
+                word & ((1u64 << bits) - 1)
+            };
+            let x = kept & 0x7f7f_7f7f_7f7f_7f7f;
+            let x = ((x & 0x7f00_7f00_7f00_7f00) >> 1) | (x & 0x007f_007f_007f_007f);
+            let x = ((x & 0x3fff_0000_3fff_0000) >> 2) | (x & 0x0000_3fff_0000_3fff);
+            let x = ((x & 0x0fff_ffff_0000_0000) >> 4) | (x & 0x0000_0000_0fff_ffff);
+            *buf = buf.get((bits / 8) as usize..)?;
+            return Some(x);
+        }
+    }
+    decode_varint(buf).ok()
+}
+
 /// A v2 block's timestamps and line lengths, and the columns left after them
 /// (structured metadata).
-type TsAndLengths<'a> = (Vec<i64>, Vec<usize>, &'a [u8]);
+type TsAndLengths<'a> = (Vec<i64>, Vec<u32>, &'a [u8]);
 
 /// Reads the timestamps and line lengths off the front of a v2 block's columns.
 fn read_ts_and_lengths<'a>(
@@ -682,7 +669,7 @@ fn read_ts_and_lengths<'a>(
     let mut timestamps = Vec::with_capacity(count);
     let mut ts = meta.min_ts;
     for _ in 0..count {
-        let delta = decode_varint(&mut columns).map_err(|_| bad("bad timestamp"))?;
+        let delta = take_varint(&mut columns).ok_or_else(|| bad("bad timestamp"))?;
         ts = ts.wrapping_add(delta as i64);
         timestamps.push(ts);
     }
@@ -692,9 +679,9 @@ fn read_ts_and_lengths<'a>(
     let mut lengths = Vec::with_capacity(count);
     let mut total = 0u64;
     for _ in 0..count {
-        let len = decode_varint(&mut columns).map_err(|_| bad("bad line length"))?;
+        let len = take_varint(&mut columns).ok_or_else(|| bad("bad line length"))?;
         total = total.saturating_add(len);
-        lengths.push(usize::try_from(len).map_err(|_| bad("line length"))?);
+        lengths.push(u32::try_from(len).map_err(|_| bad("line length"))?);
     }
     if total != meta.raw_bytes {
         return Err(bad("line lengths disagree with the header's raw bytes"));
@@ -719,6 +706,7 @@ fn parse_columns(
     let mut metadata: Vec<(&str, &str)> = Vec::new();
     let mut at = 0usize;
     for (timestamp_ns, len) in timestamps.into_iter().zip(lengths) {
+        let len = len as usize;
         let line = text
             .get(at..at + len)
             .ok_or_else(|| bad("a line length splits a character or overruns the lines"))?;
@@ -892,7 +880,7 @@ pub fn fuzz_decode(data: &[u8]) {
         }
     }
     let _ = decode_block(data);
-    let _ = for_each_column_entry(data, |_, _, _| ());
+    let _ = count::read_count_columns(data);
 }
 
 #[cfg(test)]
@@ -1055,37 +1043,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_columns_alone_give_every_entry_but_its_text() {
-        let entries = vec![
-            entry(5, "hello"),
-            Entry {
-                timestamp_ns: 9,
-                line: "hi".into(),
-                structured_metadata: vec![("level".into(), "warn".into())],
-            },
-        ];
-        let b = SealedBlock::seal(entries, 1).unwrap();
-        let mut seen = Vec::new();
-        let columnar = for_each_column_entry(&b.bytes, |ts, len, md| {
-            seen.push((
-                ts,
-                len,
-                md.iter()
-                    .map(|(n, v)| format!("{n}={v}"))
-                    .collect::<Vec<_>>(),
-            ))
-        })
-        .unwrap();
-        assert!(columnar);
-        assert_eq!(
-            seen,
-            [(5, 5, vec![]), (9, 2, vec!["level=warn".to_string()])]
-        );
-        let v1 = seal_v1(&[entry(1, "a")]);
-        assert!(!for_each_column_entry(&v1, |_, _, _| unreachable!()).unwrap());
-    }
-
-    #[test]
     fn a_flipped_bit_in_a_block_is_reported_as_a_checksum_mismatch() {
         let b = SealedBlock::seal(vec![entry(1, "hello world")], 3).unwrap();
         let mut bytes = b.bytes.to_vec();
@@ -1127,6 +1084,27 @@ pub(crate) mod tests {
             for (r, b) in refs.iter().zip(&blocks) {
                 prop_assert_eq!(&bytes[r.offset..r.offset + r.len], &b.bytes[..]);
             }
+        }
+
+        #[test]
+        fn the_fast_varint_reads_what_prost_reads(
+            data in proptest::collection::vec(any::<u8>(), 0..24),
+            value in any::<u64>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..10),
+        ) {
+            let mut fast: &[u8] = &data;
+            let mut slow: &[u8] = &data;
+            let want = decode_varint(&mut slow).ok();
+            prop_assert_eq!(take_varint(&mut fast), want);
+            if want.is_some() {
+                prop_assert_eq!(fast.len(), slow.len());
+            }
+            let mut encoded = Vec::new();
+            encode_varint(value, &mut encoded);
+            encoded.extend_from_slice(&tail);
+            let mut buf: &[u8] = &encoded;
+            prop_assert_eq!(take_varint(&mut buf), Some(value));
+            prop_assert_eq!(buf, &tail[..]);
         }
 
         #[test]

@@ -377,7 +377,12 @@ impl LogSource for TenantSource {
                 .chain(e.iter().copied().filter(|&x| x > start - 1))
                 .collect()
         });
-        let mut out = Vec::new();
+        // Every stream's pieces first, so that the blocks of all streams to count from
+        // their columns are read at once, on every core.
+        // Per stream: its labels, the pieces to merge, the blocks to hand out whole, and
+        // its counts.
+        let mut found: Vec<(LabelSet, Vec<Piece>, Vec<Piece>, Vec<BlockCount>)> = Vec::new();
+        let mut from_columns: Vec<(usize, Arc<SegmentMeta>, BlockInfo)> = Vec::new();
         for stream in index.streams(&self.tenant, req.matchers, start, req.end_ns) {
             // Heads before segments: a flush finishing in between then shows its entries
             // twice (the merge drops the copy; counts leave blocks overlapping the head
@@ -396,12 +401,13 @@ impl LogSource for TenantSource {
                     }
                 }
             }
-            let counts = match &edges {
-                Some(edges) => {
-                    self.count_unread(&mut pieces, head.as_ref().map(Piece::range), edges)?
-                }
-                None => Vec::new(),
-            };
+            let mut counts = Vec::new();
+            if let Some(edges) = &edges {
+                let countable = take_countable(&mut pieces, head.as_ref().map(Piece::range), edges);
+                counts = countable.counts;
+                let at = found.len();
+                from_columns.extend(countable.from_columns.into_iter().map(|(s, b)| (at, s, b)));
+            }
             // Stored blocks sharing no time with the head hold no entry another piece
             // holds (see `take_countable`): when order does not matter they go out
             // whole, each a batch the engine may cache, instead of merged.
@@ -418,6 +424,17 @@ impl LogSource for TenantSource {
                 Vec::new()
             };
             pieces.extend(head);
+            found.push((stream.labels, pieces, whole, counts));
+        }
+        if let Some(edges) = &edges {
+            for (at, counted) in self.count_columns(from_columns, edges)? {
+                if let Some((_, _, _, counts)) = found.get_mut(at) {
+                    counts.extend(counted);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (labels, pieces, whole, counts) in found {
             for c in &counts {
                 self.processed.add_counted(c.lines, c.bytes);
             }
@@ -442,7 +459,7 @@ impl LogSource for TenantSource {
                 Box::new(reader(whole, false).chain(reader(pieces, true)))
             };
             out.push(StreamData {
-                labels: stream.labels,
+                labels,
                 batches,
                 counts,
             });
@@ -456,7 +473,7 @@ impl LogSource for TenantSource {
 }
 
 /// Stored blocks counted at once from their footer summaries, and those to count from
-/// their columns (see [`TenantSource::count_unread`]).
+/// their columns (see [`TenantSource::count_columns`]).
 #[derive(Default)]
 struct Countable {
     counts: Vec<BlockCount>,
@@ -500,42 +517,45 @@ fn take_countable(pieces: &mut Vec<Piece>, head: Option<(i64, i64)>, edges: &[i6
     out
 }
 
-/// Column reads of one stream's blocks run this many at a time.
+/// Column reads of blocks to count run this many at a time (on the storage's decode
+/// pool, one thread per core).
 const COUNT_READS_IN_FLIGHT: usize = 4;
 
 impl TenantSource {
-    /// Takes out of `pieces` what can be counted without reading lines (see
-    /// [`take_countable`]) and counts it: from footer summaries, or by decompressing
-    /// only the blocks' columns.
-    fn count_unread(
+    /// Counts blocks from their columns (see [`take_countable`]): `blocks` are
+    /// `(stream, segment, block)`, the answer each stream's counts, in no set order.
+    fn count_columns(
         &self,
-        pieces: &mut Vec<Piece>,
-        head: Option<(i64, i64)>,
+        blocks: Vec<(usize, Arc<SegmentMeta>, BlockInfo)>,
         edges: &Arc<[i64]>,
-    ) -> Result<Vec<BlockCount>, SourceError> {
+    ) -> Result<Vec<(usize, Vec<BlockCount>)>, SourceError> {
         use futures::StreamExt;
-        let Countable {
-            mut counts,
-            from_columns,
-        } = take_countable(pieces, head, edges);
-        let reads = from_columns.into_iter().map(|(seg, block)| {
+        let reads = blocks.into_iter().map(|(at, seg, block)| {
             let (storage, edges) = (self.storage.clone(), edges.clone());
-            async move { storage.count_block(&seg, &block, edges).await }
+            let cancel = self.cancel.clone();
+            async move {
+                // A cancelled query stops reading; its answer is dropped below.
+                if cancel.load(Ordering::Relaxed) {
+                    return (at, Ok(Vec::new()));
+                }
+                (at, storage.count_block(&seg, &block, edges).await)
+            }
         });
         let done: Vec<_> = self.runtime.block_on(
             futures::stream::iter(reads)
                 .buffer_unordered(COUNT_READS_IN_FLIGHT)
                 .collect(),
         );
-        for counted in done {
-            counts.extend(counted.map_err(|e| SourceError {
-                message: e.to_string(),
-            })?);
-        }
         if self.cancel.load(Ordering::Relaxed) {
             return Err(cancelled());
         }
-        Ok(counts)
+        done.into_iter()
+            .map(|(at, counted)| {
+                counted.map(|c| (at, c)).map_err(|e| SourceError {
+                    message: e.to_string(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -14,7 +14,10 @@
 //! cached file handle; other stores are read through `object_store`. The cache holds
 //! whole blocks, and the lines of a block kept by one substring filter under that
 //! filter's key (an empty list for a block the filter skips), so a dashboard repeating a
-//! search pays for decompression once.
+//! search pays for decompression once. A second, smaller cache holds the count columns
+//! of blocks that counts read ([`chunk::count::CountColumns`]: timestamps, line lengths
+//! and metadata-set ids), so a repeated count of blocks straddling its window edges is a
+//! few binary searches instead of a decompression.
 
 pub mod segment;
 
@@ -33,6 +36,7 @@ use query_lang::eval::{BlockCount, Needle, SampleCache};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk;
+use crate::chunk::count::CountColumns;
 use crate::clock::{Clock, Day};
 use crate::index::Index;
 use crate::tenant::TenantId;
@@ -106,6 +110,9 @@ pub struct StorageConfig {
     /// Bound of the LRU of what metric queries' pipelines made of whole blocks, in MiB
     /// (query-lang's `SampleCache`); 0 turns it off.
     pub sample_cache_max_size_mb: usize,
+    /// Bound of the LRU of blocks' count columns (what counts without a pipeline read of
+    /// blocks straddling their window edges), in MiB; 0 turns it off.
+    pub count_cache_max_size_mb: usize,
 }
 
 /// Default of `storage_config.sample_cache_max_size_mb`.
@@ -118,6 +125,7 @@ impl Default for StorageConfig {
             aws: None,
             block_cache_max_size_mb: 256,
             sample_cache_max_size_mb: DEFAULT_SAMPLE_CACHE_MB,
+            count_cache_max_size_mb: 64,
         }
     }
 }
@@ -228,32 +236,42 @@ fn parse_key(path: &ObjectPath) -> Option<(TenantId, Day, SegmentId)> {
     parts.next().is_none().then_some((tenant, day, id))
 }
 
-/// A cached block: its entries and their decoded size in bytes.
-type CachedBlock = (Arc<Vec<Entry>>, usize);
-
 /// A cached block's key: segment, block offset, and the [`BlockFilter::key`] its lines
 /// were kept by (0: all of them).
 type CacheKey = (SegmentId, u64, u64);
 
-/// Decoded blocks, least recently used first out once over the byte budget.
-struct BlockCache {
-    lru: lru::LruCache<CacheKey, CachedBlock>,
+/// Decoded blocks' entries (whole, or those kept by a filter).
+type BlockCache = ByteLru<CacheKey, Arc<Vec<Entry>>>;
+
+/// Blocks' count columns, by segment and block offset.
+type CountCache = ByteLru<(SegmentId, u64), Arc<CountColumns>>;
+
+/// Values of known size, least recently used first out once over the byte budget.
+struct ByteLru<K: std::hash::Hash + Eq, V: Clone> {
+    lru: lru::LruCache<K, (V, usize)>,
     bytes: usize,
     budget: usize,
 }
 
-impl BlockCache {
-    fn get(&mut self, key: &CacheKey) -> Option<Arc<Vec<Entry>>> {
-        self.lru.get(key).map(|(entries, _)| entries.clone())
+impl<K: std::hash::Hash + Eq, V: Clone> ByteLru<K, V> {
+    fn new(budget: usize) -> Self {
+        ByteLru {
+            lru: lru::LruCache::unbounded(),
+            bytes: 0,
+            budget,
+        }
     }
 
-    fn put(&mut self, key: CacheKey, entries: Arc<Vec<Entry>>) {
-        // The key and list cost something even when no entry is kept.
-        let size = 64 + decoded_size(&entries);
+    fn get(&mut self, key: &K) -> Option<V> {
+        self.lru.get(key).map(|(v, _)| v.clone())
+    }
+
+    /// Keeps `value` (of `size` bytes) unless it alone exceeds the budget.
+    fn put(&mut self, key: K, value: V, size: usize) {
         if size > self.budget {
             return;
         }
-        if let Some((_, old)) = self.lru.put(key, (entries, size)) {
+        if let Some((_, old)) = self.lru.put(key, (value, size)) {
             self.bytes -= old;
         }
         self.bytes += size;
@@ -264,6 +282,31 @@ impl BlockCache {
             }
         }
     }
+
+    /// Drops every value whose key `stale` picks.
+    fn remove_where(&mut self, stale: impl Fn(&K) -> bool)
+    where
+        K: Clone,
+    {
+        let keys: Vec<K> = self
+            .lru
+            .iter()
+            .filter(|(k, _)| stale(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if let Some((_, size)) = self.lru.pop(&k) {
+                self.bytes -= size;
+            }
+        }
+    }
+}
+
+/// Byte budgets of the storage's caches.
+struct CacheBudgets {
+    blocks: usize,
+    counts: usize,
+    samples: usize,
 }
 
 /// The bounded CPU pool blocks are verified, decompressed and parsed on: one thread per
@@ -508,6 +551,7 @@ pub struct Storage {
     /// (segments never change under one id, so entries never go stale; those of deleted
     /// segments age out).
     samples: SampleCache,
+    counts: Mutex<CountCache>,
 }
 
 impl fmt::Debug for Storage {
@@ -524,24 +568,30 @@ impl Storage {
         config: &StorageConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, Error> {
-        let caches = (
-            config.block_cache_max_size_mb << 20,
-            config.sample_cache_max_size_mb << 20,
-        );
+        let budgets = CacheBudgets {
+            blocks: config.block_cache_max_size_mb << 20,
+            counts: config.count_cache_max_size_mb << 20,
+            samples: config.sample_cache_max_size_mb << 20,
+        };
         match config.local_filesystem()? {
-            Some(local) => Storage::build(local.clone(), Some(local), caches, clock).await,
-            None => Storage::build(config.object_store()?, None, caches, clock).await,
+            Some(local) => Storage::build(local.clone(), Some(local), budgets, clock).await,
+            None => Storage::build(config.object_store()?, None, budgets, clock).await,
         }
     }
 
-    /// Like [`Storage::open`] over an object store built elsewhere.
+    /// Like [`Storage::open`] over an object store built elsewhere, with a decoded-block
+    /// cache of `cache_bytes` (and the default count and sample caches).
     pub async fn with_object_store(
         store: Arc<dyn ObjectStore>,
         cache_bytes: usize,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, Error> {
-        let caches = (cache_bytes, DEFAULT_SAMPLE_CACHE_MB << 20);
-        Storage::build(store, None, caches, clock).await
+        let budgets = CacheBudgets {
+            blocks: cache_bytes,
+            counts: StorageConfig::default().count_cache_max_size_mb << 20,
+            samples: StorageConfig::default().sample_cache_max_size_mb << 20,
+        };
+        Storage::build(store, None, budgets, clock).await
     }
 
     /// Metric queries' samples of whole stored blocks.
@@ -549,11 +599,10 @@ impl Storage {
         &self.samples
     }
 
-    /// `caches`: the byte budgets of the decoded-block cache and of the sample cache.
     async fn build(
         store: Arc<dyn ObjectStore>,
         local: Option<Arc<object_store::local::LocalFileSystem>>,
-        (cache_bytes, sample_bytes): (usize, usize),
+        budgets: CacheBudgets,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Storage>, Error> {
         let storage = Arc::new(Storage {
@@ -567,12 +616,9 @@ impl Storage {
             index: Arc::new(Index::new()),
             clock,
             segments: RwLock::new(HashMap::new()),
-            cache: Mutex::new(BlockCache {
-                lru: lru::LruCache::unbounded(),
-                bytes: 0,
-                budget: cache_bytes,
-            }),
-            samples: SampleCache::new(sample_bytes),
+            cache: Mutex::new(ByteLru::new(budgets.blocks)),
+            counts: Mutex::new(ByteLru::new(budgets.counts)),
+            samples: SampleCache::new(budgets.samples),
         });
         storage.load().await?;
         Ok(storage)
@@ -764,20 +810,10 @@ impl Storage {
         self.evict(id);
     }
 
-    /// Removes a segment's blocks from the decoded-block cache.
+    /// Removes a segment's blocks from the decoded-block and count caches.
     fn evict(&self, id: SegmentId) {
-        let mut cache = self.cache.lock();
-        let keys: Vec<CacheKey> = cache
-            .lru
-            .iter()
-            .filter(|(k, _)| k.0 == id)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            if let Some((_, size)) = cache.lru.pop(&k) {
-                cache.bytes -= size;
-            }
-        }
+        self.cache.lock().remove_where(|k| k.0 == id);
+        self.counts.lock().remove_where(|k| k.0 == id);
     }
 
     /// Deletes a segment object (after [`Storage::forget`]).
@@ -847,24 +883,42 @@ impl Storage {
             })
             .await?;
         let entries = Arc::new(entries);
-        self.cache.lock().put(kept, entries.clone());
+        // The key and list cost something even when no entry is kept.
+        let size = 64 + decoded_size(&entries);
+        self.cache.lock().put(kept, entries.clone(), size);
         Ok((!entries.is_empty() || filter.key == 0).then_some(entries))
     }
 
     /// Lines and line bytes of a block per span between consecutive `edges` and per
     /// structured-metadata set (see `query_lang::eval::SelectRequest::count_edges`),
-    /// from the block's columns alone: its lines are never decompressed (a v1 block,
-    /// which has no columns frame, is decoded whole from the same read).
+    /// from the block's count columns: cached, or read from its columns frame alone (its
+    /// lines are never decompressed; a v1 block, which has no columns frame, is decoded
+    /// whole from the same read) and then cached.
     pub async fn count_block(
         &self,
         meta: &Arc<SegmentMeta>,
         block: &BlockInfo,
         edges: Arc<[i64]>,
     ) -> Result<Vec<BlockCount>, Error> {
-        self.on_block(meta, block, move |bytes| {
-            count_columns(bytes, &edges).map_err(Error::from)
-        })
-        .await
+        let key = (meta.id, block.offset);
+        let cached = self.counts.lock().get(&key);
+        if let Some(columns) = cached {
+            return Ok(count_spans(&columns, &edges));
+        }
+        let (seg, info) = (meta.clone(), *block);
+        let (columns, counts) = self
+            .on_block(meta, block, move |bytes| {
+                let (found, columns) = chunk::count::read_count_columns(bytes)?;
+                if found != info.meta {
+                    return Err(disagrees(&seg, &info, &found));
+                }
+                let counts = count_spans(&columns, &edges);
+                Ok((columns, counts))
+            })
+            .await?;
+        let size = 64 + columns.heap_bytes();
+        self.counts.lock().put(key, Arc::new(columns), size);
+        Ok(counts)
     }
 
     /// One block's entries in time order, decoded on the decode pool without going
@@ -917,6 +971,11 @@ impl Storage {
     pub fn cached_bytes(&self) -> usize {
         self.cache.lock().bytes
     }
+
+    /// Bytes currently held by the count-columns cache.
+    pub fn cached_count_bytes(&self) -> usize {
+        self.counts.lock().bytes
+    }
 }
 
 /// A block's entries whose line may pass `filter` (all of them for the empty filter),
@@ -931,13 +990,7 @@ fn decode_kept(
     // before its columns are decompressed.
     let early = |meta: &chunk::BlockMeta, text: &[u8]| {
         if *meta != block.meta {
-            return Some(Err(Error::CorruptSegment {
-                key: seg.path.to_string(),
-                what: format!(
-                    "block at {} disagrees with the footer: {meta:?} vs {:?}",
-                    block.offset, block.meta
-                ),
-            }));
+            return Some(Err(disagrees(seg, block, meta)));
         }
         (!filter.is_empty() && !filter.may_match(text)).then(|| Ok(Vec::new()))
     };
@@ -952,70 +1005,39 @@ fn decode_kept(
     })?
 }
 
-/// Counts a block's entries per span `(edges[i-1], edges[i]]` and metadata set from its
-/// columns (a v1 block from its decoded entries); entries outside `(first edge, last
-/// edge]` count nowhere.
-fn count_columns(bytes: &[u8], edges: &[i64]) -> Result<Vec<BlockCount>, chunk::Error> {
-    let (Some(&first), Some(&last)) = (edges.first(), edges.last()) else {
-        return Ok(Vec::new());
-    };
-    let mut out: Vec<BlockCount> = Vec::new();
-    // Counts of the current span are out[span_from..]; entries come in time order, so
-    // `span` only grows and each span's counts are contiguous.
-    let mut span = 0usize;
-    let mut span_from = 0usize;
-    let mut count = |ts: i64, len: usize, metadata: &[(&str, &str)]| {
-        if ts <= first || ts > last {
-            return;
-        }
-        let before = span;
-        while edges.get(span).is_some_and(|&e| e < ts) {
-            span += 1;
-        }
-        let upper = edges.get(span).copied().unwrap_or(last);
-        if span != before {
-            span_from = out.len();
-        }
-        let same = |c: &&mut BlockCount| {
-            c.metadata.len() == metadata.len()
-                && c.metadata
-                    .iter()
-                    .zip(metadata)
-                    .all(|((n, v), (m, w))| n == m && v == w)
-        };
-        match out
-            .get_mut(span_from..)
-            .and_then(|g| g.iter_mut().rev().find(same))
-        {
-            Some(c) => {
-                c.lines += 1;
-                c.bytes += len as u64;
-            }
-            None => out.push(BlockCount {
-                timestamp_ns: upper,
-                metadata: metadata
-                    .iter()
-                    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                    .collect(),
-                lines: 1,
-                bytes: len as u64,
-            }),
-        }
-    };
-    if !chunk::for_each_column_entry(bytes, &mut count)? {
-        let (_, entries) = chunk::decode_block(bytes)?;
-        let mut metadata = Vec::new();
-        for e in &entries {
-            metadata.clear();
-            metadata.extend(
-                e.structured_metadata
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str())),
-            );
-            count(e.timestamp_ns, e.line.len(), &metadata);
-        }
+/// The error for a block whose header is not what the segment's footer recorded.
+fn disagrees(seg: &SegmentMeta, block: &BlockInfo, found: &chunk::BlockMeta) -> Error {
+    Error::CorruptSegment {
+        key: seg.path.to_string(),
+        what: format!(
+            "block at {} disagrees with the footer: {found:?} vs {:?}",
+            block.offset, block.meta
+        ),
     }
-    Ok(out)
+}
+
+/// A block's lines and line bytes per span `(edges[i-1], edges[i]]` and metadata set,
+/// each stamped with its span's upper edge; lines outside `(first edge, last edge]` count
+/// nowhere.
+fn count_spans(columns: &CountColumns, edges: &[i64]) -> Vec<BlockCount> {
+    let mut out = Vec::new();
+    let sets = columns.sets();
+    columns.count_spans(edges, |upper, set, lines, bytes| {
+        out.push(BlockCount {
+            timestamp_ns: upper,
+            metadata: sets.get(set).cloned().unwrap_or_default(),
+            lines,
+            bytes,
+        });
+    });
+    out
+}
+
+/// Counts a block's entries per span like [`count_spans`], from its bytes.
+#[cfg(test)]
+fn count_columns(bytes: &[u8], edges: &[i64]) -> Result<Vec<BlockCount>, chunk::Error> {
+    let (_, columns) = chunk::count::read_count_columns(bytes)?;
+    Ok(count_spans(&columns, edges))
 }
 
 /// Non-zero helper for configs that size things in items rather than bytes.
@@ -1125,6 +1147,60 @@ mod tests {
 mod count_tests {
     use super::*;
     use crate::chunk::SealedBlock;
+    use lode_push::LabelSet;
+
+    #[tokio::test]
+    async fn counts_from_cached_columns_equal_counts_from_the_block_until_it_is_forgotten() {
+        let storage = Storage::with_object_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            1 << 20,
+            Arc::new(crate::clock::SystemClock),
+        )
+        .await
+        .unwrap();
+        let tenant = TenantId::new("t").unwrap();
+        let entries: Vec<Entry> = (0..400)
+            .map(|i| Entry {
+                timestamp_ns: 1_000 + i * 10,
+                line: "z".repeat(1 + (i % 9) as usize),
+                structured_metadata: vec![(
+                    "detected_level".to_string(),
+                    ["info", "warn", "error"][(i % 3) as usize].to_string(),
+                )],
+            })
+            .collect();
+        let chunks = vec![FlushChunk {
+            labels: LabelSet::parse(r#"{app="a"}"#).unwrap(),
+            blocks: vec![SealedBlock::seal(entries, 1).unwrap()],
+        }];
+        let day = Day(20000);
+        let seg = storage
+            .write_segment(&tenant, day, chunks, vec![], vec![])
+            .await
+            .unwrap();
+        let block = seg.footer.streams[0].chunks[0].blocks[0];
+        let bytes = storage
+            .read_range(&seg, block.offset..block.offset + u64::from(block.len))
+            .await
+            .unwrap();
+        assert_eq!(storage.cached_count_bytes(), 0);
+        for edges in [
+            vec![1_500, 4_995],
+            vec![0, 1_100, 2_000, 2_001, 3_333, 9_999],
+            vec![4_990, 5_000],
+        ] {
+            let edges: Arc<[i64]> = edges.into();
+            let got = storage.count_block(&seg, &block, edges.clone()).await;
+            assert_eq!(got.unwrap(), count_columns(&bytes, &edges).unwrap());
+            assert!(storage.cached_count_bytes() > 0, "the columns are kept");
+        }
+        storage.forget(&tenant, day, seg.id);
+        assert_eq!(
+            storage.cached_count_bytes(),
+            0,
+            "a forgotten segment's columns go"
+        );
+    }
 
     #[test]
     fn a_block_written_before_columns_counts_the_same_from_its_decoded_rows() {
@@ -1167,13 +1243,14 @@ mod count_tests {
             .map(|c| (c.timestamp_ns, c.metadata.len(), c.lines, c.bytes))
             .collect();
         // (2, 5] holds 3, 4, 5; (5, 8] holds 6, 7, 8; 1, 2, 9 and 10 count nowhere.
+        // Within a span, sets come in the order of their first line in the block.
         assert_eq!(
             got,
             [
                 (5, 0, 2, 3 + 5),
                 (5, 1, 1, 4),
+                (8, 0, 1, 7),
                 (8, 1, 2, 6 + 8),
-                (8, 0, 1, 7)
             ]
         );
     }
