@@ -357,8 +357,11 @@ mod tests {
         }
     }
 
-    /// Every span's counts as `(upper edge, set, lines, bytes)`.
-    fn spans(c: &CountColumns, edges: &[i64]) -> Vec<(i64, Vec<(String, String)>, u64, u64)> {
+    /// One span's count of one set: `(upper edge, set, lines, bytes)`.
+    type SpanCount = (i64, Vec<(String, String)>, u64, u64);
+
+    /// Every span's counts.
+    fn spans(c: &CountColumns, edges: &[i64]) -> Vec<SpanCount> {
         let mut out = Vec::new();
         c.count_spans(edges, |upper, set, lines, bytes| {
             out.push((upper, c.sets()[set].clone(), lines, bytes));
@@ -367,11 +370,8 @@ mod tests {
     }
 
     /// What counting the decoded entries one by one gives, in the documented order.
-    fn spans_of_entries(
-        entries: &[Entry],
-        edges: &[i64],
-    ) -> Vec<(i64, Vec<(String, String)>, u64, u64)> {
-        let mut out: Vec<(i64, Vec<(String, String)>, u64, u64)> = Vec::new();
+    fn spans_of_entries(entries: &[Entry], edges: &[i64]) -> Vec<SpanCount> {
+        let mut out: Vec<SpanCount> = Vec::new();
         let (first, last) = (edges[0], edges[edges.len() - 1]);
         let mut span_from = 0;
         let mut span_upper = None;
