@@ -379,9 +379,7 @@ impl LogSource for TenantSource {
         });
         // Every stream's pieces first, so that the blocks of all streams to count from
         // their columns are read at once, on every core.
-        // Per stream: its labels, the pieces to merge, the blocks to hand out whole, and
-        // its counts.
-        let mut found: Vec<(LabelSet, Vec<Piece>, Vec<Piece>, Vec<BlockCount>)> = Vec::new();
+        let mut found: Vec<Found> = Vec::new();
         let mut from_columns: Vec<(usize, Arc<SegmentMeta>, BlockInfo)> = Vec::new();
         for stream in index.streams(&self.tenant, req.matchers, start, req.end_ns) {
             // Heads before segments: a flush finishing in between then shows its entries
@@ -424,17 +422,28 @@ impl LogSource for TenantSource {
                 Vec::new()
             };
             pieces.extend(head);
-            found.push((stream.labels, pieces, whole, counts));
+            found.push(Found {
+                labels: stream.labels,
+                pieces,
+                whole,
+                counts,
+            });
         }
         if let Some(edges) = &edges {
             for (at, counted) in self.count_columns(from_columns, edges)? {
-                if let Some((_, _, _, counts)) = found.get_mut(at) {
-                    counts.extend(counted);
+                if let Some(f) = found.get_mut(at) {
+                    f.counts.extend(counted);
                 }
             }
         }
         let mut out = Vec::new();
-        for (labels, pieces, whole, counts) in found {
+        for Found {
+            labels,
+            pieces,
+            whole,
+            counts,
+        } in found
+        {
             for c in &counts {
                 self.processed.add_counted(c.lines, c.bytes);
             }
@@ -470,6 +479,16 @@ impl LogSource for TenantSource {
     fn sample_cache(&self) -> Option<&SampleCache> {
         Some(self.storage.sample_cache())
     }
+}
+
+/// One selected stream before its reader is built.
+struct Found {
+    labels: LabelSet,
+    /// Pieces read through the merge.
+    pieces: Vec<Piece>,
+    /// Stored blocks handed out whole, unmerged (`SelectRequest::any_order`).
+    whole: Vec<Piece>,
+    counts: Vec<BlockCount>,
 }
 
 /// Stored blocks counted at once from their footer summaries, and those to count from
