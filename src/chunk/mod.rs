@@ -263,15 +263,82 @@ impl SealedBlock {
         compression: Compression,
     ) -> Result<SealedBlock, (Error, Vec<Entry>)> {
         entries.sort_by_key(|e| e.timestamp_ns);
-        match encode_block(&entries, compression) {
-            Ok((meta, out)) => Ok(SealedBlock {
-                meta,
-                bytes: Bytes::from(out),
-                summary: BlockSummary::of(&entries).map(Arc::new),
-            }),
+        match SealedBlock::seal_sorted_with(&entries, compression) {
+            Ok(block) => Ok(block),
             Err(e) => Err((e, entries)),
         }
     }
+
+    /// Compresses entries already sorted by timestamp into one block, the lines at
+    /// `level`, leaving the entries with the caller (the ingester keeps them readable
+    /// while it seals outside its lock).
+    pub fn seal_sorted(entries: &[Entry], level: i32) -> Result<SealedBlock, Error> {
+        SealedBlock::seal_sorted_with(
+            entries,
+            Compression {
+                lines_level: level,
+                columns_level: COLUMNS_LEVEL,
+            },
+        )
+    }
+
+    fn seal_sorted_with(entries: &[Entry], compression: Compression) -> Result<SealedBlock, Error> {
+        let (meta, out) = encode_block(entries, compression)?;
+        Ok(SealedBlock {
+            meta,
+            bytes: Bytes::from(out),
+            summary: BlockSummary::of(entries).map(Arc::new),
+        })
+    }
+}
+
+/// A compression context and buffers reused from block to block by one thread: sealing
+/// allocated a fresh zstd context and three block-sized buffers per block (and faulted in
+/// their pages), a few percent of ingest CPU.
+struct EncodeScratch {
+    cctx: Option<zstd::bulk::Compressor<'static>>,
+    columns: Vec<u8>,
+    lines: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
+thread_local! {
+    static ENCODE_SCRATCH: std::cell::RefCell<EncodeScratch> =
+        const { std::cell::RefCell::new(EncodeScratch {
+            cctx: None,
+            columns: Vec::new(),
+            lines: Vec::new(),
+            compressed: Vec::new(),
+        }) };
+}
+
+/// Compresses `src` at `level` into `dst` (cleared) with the reused context.
+fn compress_into(
+    cctx: &mut zstd::bulk::Compressor<'static>,
+    level: i32,
+    src: &[u8],
+    dst: &mut Vec<u8>,
+) -> Result<(), Error> {
+    cctx.set_compression_level(level)?;
+    dst.clear();
+    dst.reserve(zstd::zstd_safe::compress_bound(src.len()));
+    cctx.compress_to_buffer(src, dst)?;
+    Ok(())
+}
+
+/// Compresses `src` at `level` with the reused context, appending to `dst`.
+fn compress_into_tail(
+    cctx: &mut zstd::bulk::Compressor<'static>,
+    level: i32,
+    src: &[u8],
+    dst: &mut Vec<u8>,
+) -> Result<(), Error> {
+    cctx.set_compression_level(level)?;
+    let start = dst.len();
+    dst.resize(start + zstd::zstd_safe::compress_bound(src.len()), 0);
+    let n = cctx.compress_to_buffer(src, dst.get_mut(start..).unwrap_or_default())?;
+    dst.truncate(start + n);
+    Ok(())
 }
 
 /// Encodes entries sorted by timestamp as one v2 block: its header fields and bytes.
@@ -279,28 +346,69 @@ fn encode_block(
     entries: &[Entry],
     compression: Compression,
 ) -> Result<(BlockMeta, Vec<u8>), Error> {
+    ENCODE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let scratch = &mut *scratch;
+            let encoded = encode_block_with(entries, compression, scratch);
+            // A rare huge block must not pin its buffers in every thread for good.
+            for buf in [
+                &mut scratch.columns,
+                &mut scratch.lines,
+                &mut scratch.compressed,
+            ] {
+                if buf.capacity() > 4 * MAX_TYPICAL_BLOCK {
+                    *buf = Vec::new();
+                }
+            }
+            encoded
+        }
+        // Re-entered (not done today): encode with buffers of its own.
+        Err(_) => encode_block_with(
+            entries,
+            compression,
+            &mut EncodeScratch {
+                cctx: None,
+                columns: Vec::new(),
+                lines: Vec::new(),
+                compressed: Vec::new(),
+            },
+        ),
+    })
+}
+
+fn encode_block_with(
+    entries: &[Entry],
+    compression: Compression,
+    scratch: &mut EncodeScratch,
+) -> Result<(BlockMeta, Vec<u8>), Error> {
     let meta = BlockMeta {
         min_ts: entries.first().map_or(0, |e| e.timestamp_ns),
         max_ts: entries.last().map_or(0, |e| e.timestamp_ns),
         count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
         raw_bytes: entries.iter().map(|e| e.line.len() as u64).sum(),
     };
-    let mut columns = Vec::with_capacity(entries.len() * 6);
+    let EncodeScratch {
+        cctx,
+        columns,
+        lines,
+        compressed,
+    } = scratch;
+    columns.clear();
     let mut prev = meta.min_ts;
     for e in entries {
         // Sorted, so every delta is >= 0 (wrapping only across the whole i64 range).
-        encode_varint(e.timestamp_ns.wrapping_sub(prev) as u64, &mut columns);
+        encode_varint(e.timestamp_ns.wrapping_sub(prev) as u64, columns);
         prev = e.timestamp_ns;
     }
     for e in entries {
-        encode_varint(e.line.len() as u64, &mut columns);
+        encode_varint(e.line.len() as u64, columns);
     }
     for e in entries {
-        encode_varint(e.structured_metadata.len() as u64, &mut columns);
+        encode_varint(e.structured_metadata.len() as u64, columns);
         for (name, value) in &e.structured_metadata {
-            encode_varint(name.len() as u64, &mut columns);
+            encode_varint(name.len() as u64, columns);
             columns.put_slice(name.as_bytes());
-            encode_varint(value.len() as u64, &mut columns);
+            encode_varint(value.len() as u64, columns);
             columns.put_slice(value.as_bytes());
         }
     }
@@ -311,14 +419,22 @@ fn encode_block(
             limit: MAX_BLOCK_UNCOMPRESSED,
         });
     }
-    let mut lines = Vec::with_capacity(meta.raw_bytes as usize);
+    lines.clear();
+    lines.reserve(meta.raw_bytes as usize);
     for e in entries {
         lines.put_slice(e.line.as_bytes());
     }
-    let columns_z = zstd::bulk::compress(&columns, compression.columns_level)?;
-    let lines_z = zstd::bulk::compress(&lines, compression.lines_level)?;
-    let payload_len = 8 + columns_z.len() + lines_z.len();
-    let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + payload_len);
+    let cctx = match cctx {
+        Some(c) => c,
+        None => cctx.insert(zstd::bulk::Compressor::new(compression.lines_level)?),
+    };
+    // Both frames are compressed into scratch buffers first so the block, held until its
+    // chunk is flushed, is allocated at its exact size.
+    compress_into(cctx, compression.columns_level, columns, compressed)?;
+    let columns_zlen = compressed.len();
+    compress_into_tail(cctx, compression.lines_level, lines, compressed)?;
+    let (columns_z, lines_z) = compressed.split_at(columns_zlen);
+    let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + 8 + columns_z.len() + lines_z.len());
     out.put_slice(BLOCK_MAGIC);
     out.put_u8(BLOCK_VERSION);
     out.put_u8(CODEC_ZSTD);
@@ -329,13 +445,17 @@ fn encode_block(
     out.put_u64_le(meta.raw_bytes);
     // Both fit: at most MAX_BLOCK_UNCOMPRESSED, and zstd output stays near its input.
     out.put_u32_le(uncompressed as u32);
-    out.put_u32_le(u32::try_from(payload_len).unwrap_or(u32::MAX));
+    let payload_len_at = out.len();
+    out.put_u32_le(0);
     let crc_at = out.len();
     out.put_u32_le(0);
-    out.put_u32_le(columns_z.len() as u32);
+    out.put_u32_le(columns_zlen as u32);
     out.put_u32_le(columns.len() as u32);
-    out.put_slice(&columns_z);
-    out.put_slice(&lines_z);
+    out.put_slice(columns_z);
+    out.put_slice(lines_z);
+    let payload_len = out.len() - BLOCK_HEADER_LEN;
+    out[payload_len_at..payload_len_at + 4]
+        .copy_from_slice(&u32::try_from(payload_len).unwrap_or(u32::MAX).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..crc_at]), &out[BLOCK_HEADER_LEN..]);
     out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
     Ok((meta, out))

@@ -12,8 +12,15 @@
 //! heads with segments (the querier).
 //!
 //! Heads are keyed tenant → stream → UTC day, so a chunk (and so a segment) never spans
-//! midnight. A stream's entries of one day live in one open chunk (sealed blocks plus the
-//! open head block) and any closed chunks waiting for the flush loop.
+//! midnight. A stream's entries of one day live in one open chunk (sealed blocks, pending
+//! blocks, and the open head block) and any closed chunks waiting for the flush loop.
+//!
+//! One lock guards all heads, held for checks and appends but not for compression: a full
+//! head block is cut under it into a pending block whose entries stay readable, the push
+//! that cut it seals it after releasing the lock, and the sealed block replaces the pending
+//! one (oldest first within a chunk) under the lock again. A flush closing the chunk
+//! first seals pending blocks itself, and a sealed block whose pending slot is gone is
+//! dropped: every entry is read and stored exactly once either way.
 //!
 //! Exactly once across `kill -9`: a push is in the WAL before it is acknowledged; replay
 //! puts every record back into heads, dropping entries that an already-written segment of
@@ -188,6 +195,9 @@ struct Chunk {
     /// Raw bytes of `head` (lines and structured metadata), as `chunk_block_size` counts
     /// them.
     head_bytes: usize,
+    /// Head blocks cut and being sealed outside the heads lock, oldest first; they join
+    /// `blocks`, in this order, once sealed.
+    pending: Vec<Pending>,
     /// Dedup hashes of every entry in the chunk, removed from the day's set on flush.
     hashes: Vec<u64>,
     created_ns: i64,
@@ -206,6 +216,7 @@ impl Chunk {
             sealed_bytes: 0,
             head: Vec::new(),
             head_bytes: 0,
+            pending: Vec::new(),
             hashes: Vec::new(),
             created_ns: now_ns,
             last_append_ns: now_ns,
@@ -215,13 +226,19 @@ impl Chunk {
     }
 
     fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.head.is_empty()
+        self.blocks.is_empty() && self.pending.is_empty() && self.head.is_empty()
     }
 
-    /// Seals the open head block into a block; returns the compressed bytes it added.
-    fn cut(&mut self) -> Result<usize, chunk::Error> {
+    /// Seals the pending blocks and the open head block here and now (closing a chunk for
+    /// a flush), adding their compressed bytes to `sealed_total`.
+    fn cut(&mut self, sealed_total: &mut usize) -> Result<(), chunk::Error> {
+        let (added, failed) = self.drain_pending(true, usize::MAX);
+        *sealed_total += added;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if self.head.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let block = match SealedBlock::try_seal(std::mem::take(&mut self.head), ZSTD_LEVEL) {
             Ok(block) => block,
@@ -234,10 +251,56 @@ impl Chunk {
         };
         let added = block.bytes.len();
         self.sealed_bytes += added;
+        *sealed_total += added;
         self.blocks.push(block);
         self.head_bytes = 0;
         self.min_wal = min_segment(self.min_wal, self.head_min_wal.take());
-        Ok(added)
+        Ok(())
+    }
+
+    /// Cuts the open head block for sealing outside the lock: its entries, sorted by
+    /// timestamp (stable), become pending block `id` and stay readable until the block
+    /// replaces them.
+    fn freeze_head(&mut self, id: u64) -> Arc<Vec<Entry>> {
+        let mut entries = std::mem::take(&mut self.head);
+        entries.sort_by_key(|e| e.timestamp_ns);
+        let entries = Arc::new(entries);
+        self.pending.push(Pending {
+            id,
+            entries: entries.clone(),
+            bytes: std::mem::take(&mut self.head_bytes),
+            min_wal: self.head_min_wal.take(),
+            sealed: None,
+        });
+        entries
+    }
+
+    /// Moves up to `limit` sealed pending blocks into `blocks`, oldest first, stopping at
+    /// the first one not sealed yet; with `seal_now`, seals that one here instead
+    /// (stopping at a failure). Returns the compressed bytes added and the failure, if any.
+    fn drain_pending(&mut self, seal_now: bool, limit: usize) -> (usize, Option<chunk::Error>) {
+        let mut added = 0;
+        let mut moved = 0;
+        while let Some(p) = self.pending.first_mut() {
+            if moved == limit {
+                break;
+            }
+            moved += 1;
+            let block = match p.sealed.take() {
+                Some(block) => block,
+                None if seal_now => match SealedBlock::seal_sorted(&p.entries, ZSTD_LEVEL) {
+                    Ok(block) => block,
+                    Err(e) => return (added, Some(e)),
+                },
+                None => break,
+            };
+            let p = self.pending.remove(0);
+            added += block.bytes.len();
+            self.sealed_bytes += block.bytes.len();
+            self.blocks.push(block);
+            self.min_wal = min_segment(self.min_wal, p.min_wal);
+        }
+        (added, None)
     }
 
     /// Moves the sealed blocks (and their entries' dedup hashes) into a new chunk `id`,
@@ -257,6 +320,7 @@ impl Chunk {
             sealed_bytes: std::mem::take(&mut self.sealed_bytes),
             head: Vec::new(),
             head_bytes: 0,
+            pending: Vec::new(),
             hashes,
             created_ns: self.created_ns,
             last_append_ns: self.last_append_ns,
@@ -267,8 +331,34 @@ impl Chunk {
 
     /// Oldest WAL segment holding any of the chunk's entries.
     fn oldest_wal(&self) -> Option<SegmentNo> {
-        min_segment(self.min_wal, self.head_min_wal)
+        self.pending
+            .iter()
+            .fold(min_segment(self.min_wal, self.head_min_wal), |m, p| {
+                min_segment(m, p.min_wal)
+            })
     }
+}
+
+/// A head block cut and being sealed outside the heads lock by the push that cut it.
+struct Pending {
+    /// Unique per process: the sealing push finds its block by it.
+    id: u64,
+    /// The block's entries, sorted by timestamp; reads take them from here until the
+    /// block is in `Chunk::blocks`.
+    entries: Arc<Vec<Entry>>,
+    /// Raw bytes of `entries`, as `chunk_block_size` counts them.
+    bytes: usize,
+    /// Oldest WAL segment holding one of `entries`.
+    min_wal: Option<SegmentNo>,
+    /// The sealed block, when it is done but an older pending block is not yet.
+    sealed: Option<SealedBlock>,
+}
+
+/// A pending block for the push that cut it to seal once the heads lock is released.
+struct SealJob {
+    day: Day,
+    id: u64,
+    entries: Arc<Vec<Entry>>,
 }
 
 fn min_segment(a: Option<SegmentNo>, b: Option<SegmentNo>) -> Option<SegmentNo> {
@@ -321,18 +411,22 @@ struct Arriving {
     reserved: Option<Vec<u64>>,
 }
 
-/// Every tenant's heads; one lock, held only for in-memory work (never across an await).
+/// Every tenant's heads; one lock, held only for in-memory work (never across an await)
+/// and never while a head block is compressed: a push cuts full head blocks under it and
+/// seals them after releasing it ([`Pending`]).
 #[derive(Default)]
 struct Heads {
     tenants: HashMap<TenantId, HashMap<LabelSet, StreamHead>>,
     next_chunk_id: u64,
+    next_seal_id: u64,
     /// Compressed bytes of every sealed block held, in open and closed chunks.
     sealed_total: usize,
 }
 
 impl Heads {
-    /// Appends entries (already checked) to the open chunk of their day, cutting blocks and
-    /// closing chunks by size.
+    /// Appends entries (already checked) to the open chunk of their day, cutting head
+    /// blocks by size; returns the cut blocks for the caller to seal outside the lock and
+    /// hand to [`Heads::install`].
     fn append(
         &mut self,
         cfg: &IngesterConfig,
@@ -341,12 +435,14 @@ impl Heads {
         arriving: Arriving,
         wal_segment: SegmentNo,
         now_ns: i64,
-    ) {
+    ) -> Vec<SealJob> {
         let Arriving { entries, reserved } = arriving;
+        let mut jobs = Vec::new();
         let Heads {
             tenants,
             next_chunk_id,
-            sealed_total,
+            next_seal_id,
+            ..
         } = self;
         let stream = tenants
             .entry(tenant.clone())
@@ -355,6 +451,7 @@ impl Heads {
             .or_insert_with(StreamHead::new);
         let mut reserved = reserved.map(Vec::into_iter);
         for e in entries {
+            let e_ts = e.timestamp_ns;
             stream.newest_ts = stream.newest_ts.max(e.timestamp_ns);
             let day = stream
                 .days
@@ -381,18 +478,65 @@ impl Heads {
             c.last_append_ns = now_ns;
             c.head_min_wal = min_segment(c.head_min_wal, Some(wal_segment));
             if c.head_bytes >= cfg.chunk_block_size {
-                match c.cut() {
-                    Ok(added) => *sealed_total += added,
-                    // Only an entry set over the block size limit fails; keep it in the
-                    // head block, where reads still find it.
-                    Err(err) => {
-                        tracing::error!(%tenant, %labels, error = %err, "cannot cut head block")
-                    }
-                }
-                if c.sealed_bytes >= cfg.chunk_target_size {
-                    let full = std::mem::replace(&mut day.open, Chunk::new(0, now_ns));
+                *next_seal_id += 1;
+                jobs.push(SealJob {
+                    day: Day::of_ns(e_ts),
+                    id: *next_seal_id,
+                    entries: c.freeze_head(*next_seal_id),
+                });
+            }
+        }
+        jobs
+    }
+
+    /// Puts a block sealed outside the lock in place of its pending entries (once every
+    /// older pending block of its chunk is in place too), and closes the chunk once its
+    /// sealed blocks reach `chunk_target_size`. A block whose chunk was closed meanwhile
+    /// (a flush sealed it itself) is dropped.
+    fn install(
+        &mut self,
+        cfg: &IngesterConfig,
+        tenant: &TenantId,
+        labels: &LabelSet,
+        job: &SealJob,
+        sealed: Result<SealedBlock, chunk::Error>,
+        now_ns: i64,
+    ) {
+        let Some(day) = self
+            .tenants
+            .get_mut(tenant)
+            .and_then(|t| t.get_mut(labels))
+            .and_then(|s| s.days.get_mut(&job.day))
+        else {
+            return;
+        };
+        let Some(p) = day.open.pending.iter_mut().find(|p| p.id == job.id) else {
+            return;
+        };
+        match sealed {
+            Ok(block) => p.sealed = Some(block),
+            // Only an entry set over the block size limit fails; its entries stay pending,
+            // where reads still find them, and the flush tries again.
+            Err(err) => {
+                tracing::error!(%tenant, %labels, error = %err, "cannot cut head block");
+                return;
+            }
+        }
+        // One block at a time, so a chunk closes as soon as its blocks reach the target,
+        // as when blocks were sealed under the lock.
+        loop {
+            let (added, _) = day.open.drain_pending(false, 1);
+            if added == 0 {
+                break;
+            }
+            self.sealed_total += added;
+            if day.open.sealed_bytes >= cfg.chunk_target_size {
+                // Entries appended after the cut stay open, in what is now a new chunk.
+                self.next_chunk_id += 1;
+                if let Some(full) = day.open.split_sealed(self.next_chunk_id) {
                     day.closed.push(full);
                 }
+                day.open.created_ns = now_ns;
             }
         }
     }
@@ -541,7 +685,7 @@ impl Ingester {
                 continue;
             }
             let range = time_range(&keep);
-            heads.append(
+            let jobs = heads.append(
                 &self.cfg,
                 &record.tenant,
                 &record.labels,
@@ -553,6 +697,7 @@ impl Ingester {
                 now,
             );
             drop(heads);
+            self.seal(&record.tenant, vec![(record.labels.clone(), jobs)]);
             if let Some((min, max)) = range {
                 self.storage
                     .index()
@@ -613,7 +758,12 @@ impl Ingester {
         if accepted.is_empty() {
             return Ok(outcome);
         }
-        let mut framed = Vec::new();
+        let mut framed = Vec::with_capacity(
+            accepted
+                .iter()
+                .map(|(labels, entries)| wal::record_len_hint(tenant, labels, entries))
+                .sum(),
+        );
         let mut encoded = Ok(());
         for (labels, entries) in &accepted {
             encoded =
@@ -641,7 +791,8 @@ impl Ingester {
         // Entries move into the heads; live tail, when anyone listens, gets a copy.
         let subscribed = self.tx.receiver_count() > 0;
         let mut pushed = Vec::with_capacity(accepted.len());
-        let pressed = {
+        let mut cut = Vec::new();
+        {
             let mut heads = self.heads.lock();
             for ((labels, entries), hashes) in accepted.into_iter().zip(reserved) {
                 outcome.accepted_entries += entries.len();
@@ -652,15 +803,19 @@ impl Ingester {
                     entries,
                     reserved: Some(hashes),
                 };
-                heads.append(&self.cfg, tenant, &labels, arriving, segment, now);
+                let jobs = heads.append(&self.cfg, tenant, &labels, arriving, segment, now);
+                if !jobs.is_empty() {
+                    cut.push((labels.clone(), jobs));
+                }
                 pushed.push((labels, range, copy));
             }
-            self.cfg.max_sealed_bytes > 0 && heads.sealed_total >= self.cfg.max_sealed_bytes
-        };
-        if pressed {
-            self.pressure.notify_one();
         }
         drop(_gate);
+        // Compression runs here, outside the heads lock, so concurrent pushes (and reads)
+        // do not wait for it; the entries stay readable as pending blocks meanwhile.
+        if self.seal(tenant, cut) {
+            self.pressure.notify_one();
+        }
         for (labels, range, copy) in pushed {
             if let Some((min, max)) = range {
                 self.storage.index().note_head(tenant, &labels, min, max);
@@ -675,6 +830,32 @@ impl Ingester {
             }
         }
         Ok(outcome)
+    }
+
+    /// Seals head blocks that a push or replay cut, outside the heads lock, and puts them
+    /// in place; true when the sealed blocks held now reach `max_sealed_bytes`.
+    fn seal(&self, tenant: &TenantId, cut: Vec<(LabelSet, Vec<SealJob>)>) -> bool {
+        if cut.is_empty() {
+            return false;
+        }
+        let sealed: Vec<(&LabelSet, &SealJob, Result<SealedBlock, chunk::Error>)> = cut
+            .iter()
+            .flat_map(|(labels, jobs)| {
+                jobs.iter().map(move |job| {
+                    (
+                        labels,
+                        job,
+                        SealedBlock::seal_sorted(&job.entries, ZSTD_LEVEL),
+                    )
+                })
+            })
+            .collect();
+        let now = self.clock.now_ns();
+        let mut heads = self.heads.lock();
+        for (labels, job, block) in sealed {
+            heads.install(&self.cfg, tenant, labels, job, block, now);
+        }
+        self.cfg.max_sealed_bytes > 0 && heads.sealed_total >= self.cfg.max_sealed_bytes
     }
 
     /// Unflushed entries (open head block + sealed blocks of unflushed chunks) of one
@@ -692,6 +873,7 @@ impl Ingester {
         }
         let in_range = |e: &Entry| e.timestamp_ns >= start_ns && e.timestamp_ns < end_ns;
         let mut blocks: Vec<SealedBlock> = Vec::new();
+        let mut pending: Vec<Arc<Vec<Entry>>> = Vec::new();
         let mut out: Vec<Entry> = Vec::new();
         {
             let heads = self.heads.lock();
@@ -709,6 +891,7 @@ impl Ingester {
                             .filter(|b| b.meta.overlaps(start_ns, end_ns))
                             .cloned(),
                     );
+                    pending.extend(c.pending.iter().map(|p| p.entries.clone()));
                     // Heads are newer than the chunk's blocks; keep them after in push
                     // order by decoding blocks first below.
                     out.extend(c.head.iter().filter(|e| in_range(e)).cloned());
@@ -723,6 +906,9 @@ impl Ingester {
                 Ok(entries) => all.extend(entries.into_iter().filter(|e| in_range(e))),
                 Err(err) => tracing::error!(error = %err, "cannot decode a sealed head block"),
             }
+        }
+        for entries in &pending {
+            all.extend(entries.iter().filter(|e| in_range(e)).cloned());
         }
         all.extend(out);
         all.sort_by_key(|e| e.timestamp_ns);
@@ -914,7 +1100,9 @@ impl Heads {
                 n += 1;
                 for d in s.days.values() {
                     for c in d.closed.iter().chain(std::iter::once(&d.open)) {
-                        bytes += c.sealed_bytes + c.head_bytes;
+                        bytes += c.sealed_bytes
+                            + c.head_bytes
+                            + c.pending.iter().map(|p| p.bytes).sum::<usize>();
                     }
                 }
             }
@@ -1026,11 +1214,8 @@ impl Heads {
                         continue;
                     }
                     let mut c = std::mem::replace(&mut day.open, Chunk::new(0, 0));
-                    match c.cut() {
-                        Ok(added) => self.sealed_total += added,
-                        Err(err) => {
-                            tracing::error!(%labels, error = %err, "cannot seal head block for flush")
-                        }
+                    if let Err(err) = c.cut(&mut self.sealed_total) {
+                        tracing::error!(%labels, error = %err, "cannot seal head block for flush")
                     }
                     day.closed.push(c);
                 }

@@ -169,6 +169,24 @@ pub struct Record {
     pub entries: Vec<Entry>,
 }
 
+/// About the bytes [`encode_record`] appends for `entries` of a stream (exact but for the
+/// label set's escaping), so a push's records are framed into one buffer sized once
+/// rather than grown by doubling, which copied each push's megabyte several times.
+pub fn record_len_hint(tenant: &TenantId, labels: &LabelSet, entries: &[Entry]) -> usize {
+    let labels_len: usize = labels.iter().map(|(n, v)| n.len() + v.len() + 5).sum();
+    let entries_len: usize = entries
+        .iter()
+        .map(|e| {
+            16 + e.line.len()
+                + e.structured_metadata
+                    .iter()
+                    .map(|(n, v)| 8 + n.len() + v.len())
+                    .sum::<usize>()
+        })
+        .sum();
+    FRAME_LEN + 1 + 4 + tenant.as_str().len() + 4 + 2 + labels_len + 4 + entries_len
+}
+
 /// Appends one framed record (length, checksum, payload) for `entries` of a stream.
 pub fn encode_record(
     out: &mut Vec<u8>,
