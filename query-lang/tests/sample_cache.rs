@@ -2,6 +2,8 @@
 //! without one: on a cold cache, on a warm one, and over other time ranges and steps
 //! reusing the blocks' samples; errors are raised the same way.
 
+#![allow(clippy::unwrap_used)] // test harness: a panic is the failure report
+
 use std::sync::Arc;
 
 use lode_push::{Entry, LabelSet};
