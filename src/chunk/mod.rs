@@ -312,20 +312,6 @@ thread_local! {
         }) };
 }
 
-/// Compresses `src` at `level` into `dst` (cleared) with the reused context.
-fn compress_into(
-    cctx: &mut zstd::bulk::Compressor<'static>,
-    level: i32,
-    src: &[u8],
-    dst: &mut Vec<u8>,
-) -> Result<(), Error> {
-    cctx.set_compression_level(level)?;
-    dst.clear();
-    dst.reserve(zstd::zstd_safe::compress_bound(src.len()));
-    cctx.compress_to_buffer(src, dst)?;
-    Ok(())
-}
-
 /// Compresses `src` at `level` with the reused context, appending to `dst`.
 fn compress_into_tail(
     cctx: &mut zstd::bulk::Compressor<'static>,
@@ -430,7 +416,8 @@ fn encode_block_with(
     };
     // Both frames are compressed into scratch buffers first so the block, held until its
     // chunk is flushed, is allocated at its exact size.
-    compress_into(cctx, compression.columns_level, columns, compressed)?;
+    compressed.clear();
+    compress_into_tail(cctx, compression.columns_level, columns, compressed)?;
     let columns_zlen = compressed.len();
     compress_into_tail(cctx, compression.lines_level, lines, compressed)?;
     let (columns_z, lines_z) = compressed.split_at(columns_zlen);
