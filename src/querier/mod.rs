@@ -461,6 +461,7 @@ impl LogSource for TenantSource {
                     self.processed.clone(),
                 )
                 .merging(merge)
+                .dropping_before(self.cutoff_ns)
             };
             let batches: BatchIter = if whole.is_empty() {
                 Box::new(reader(pieces, true))
@@ -637,6 +638,9 @@ struct MergeReader {
     /// opened, without merging (for pieces known to share no entry, under
     /// `SelectRequest::any_order`).
     merge: bool,
+    /// Entries before it are dropped as pieces are opened
+    /// (see [`MergeReader::dropping_before`]).
+    floor: i64,
     /// Blocks (not heads: they are already in memory) holding none of a required
     /// substring are skipped unparsed.
     filter: BlockFilter,
@@ -687,6 +691,7 @@ impl MergeReader {
         MergeReader {
             forward,
             merge: true,
+            floor: i64::MIN,
             filter,
             pending: pieces.into(),
             prefetched: std::collections::VecDeque::new(),
@@ -696,6 +701,13 @@ impl MergeReader {
             cancel,
             processed,
         }
+    }
+
+    /// Entries older than `floor` (the retention cut-off) are never handed out, even
+    /// from a block that also holds newer ones.
+    fn dropping_before(mut self, floor: i64) -> Self {
+        self.floor = floor;
+        self
     }
 
     /// Whether pieces are merged (the default) or handed out whole one after another.
@@ -763,12 +775,16 @@ impl MergeReader {
         // A skipped block holds no line that can pass the query's filters.
         if let Some(entries) = entries {
             let hi = entries.len();
-            self.active.push(Cursor {
-                entries,
-                lo: 0,
-                hi,
-                origin,
-            });
+            let lo = entries.partition_point(|e| e.timestamp_ns < self.floor);
+            if lo < hi {
+                self.active.push(Cursor {
+                    entries,
+                    lo,
+                    hi,
+                    // Part of a block is not the block.
+                    origin: origin.filter(|_| lo == 0),
+                });
+            }
         }
         Ok(())
     }

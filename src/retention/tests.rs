@@ -186,3 +186,62 @@ async fn nothing_is_deleted_when_retention_is_disabled() {
     assert_eq!(f.object_count(), 1);
     assert_eq!(r.cutoff_ns(&tenant("a"), T0 + 1000 * HOUR), i64::MIN);
 }
+
+/// A stored block holding entries on both sides of the retention cut-off: every read
+/// returns only the newer one, whether it counts the block, runs a pipeline over it or
+/// lists its lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_drop_the_expired_part_of_a_block_straddling_the_cut_off() {
+    use crate::limits::Limits;
+    use crate::querier::Querier;
+    use query_lang::eval::{QueryParams, QueryResult};
+
+    let f = Fixture::new().await;
+    let t = tenant("fake");
+    let minute = HOUR / 60;
+    let entries = [T0, T0 + 10 * minute]
+        .into_iter()
+        .map(|ts| Entry {
+            timestamp_ns: ts,
+            line: format!("level=info at={ts}"),
+            structured_metadata: Vec::new(),
+        })
+        .collect();
+    f.ingester
+        .push(&t, vec![(labels("a"), entries)])
+        .await
+        .unwrap();
+    f.ingester.flush_all().await.unwrap();
+    // Retention 1h: the cut-off falls between the two entries of the one block.
+    f.clock.set(T0 + HOUR + 5 * minute);
+    let now = f.clock.now_ns();
+    let querier = Querier::new(
+        f.storage.clone(),
+        f.ingester.clone(),
+        Arc::new(Limits::new(limits(1))),
+    );
+    for q in [
+        r#"count_over_time({app="a"}[3h])"#,
+        r#"count_over_time({app="a"} | logfmt [3h])"#,
+    ] {
+        let expr = query_lang::parse_expr(q).unwrap();
+        let (result, _) = querier
+            .query(&t, expr, QueryParams::instant(now))
+            .await
+            .unwrap();
+        let QueryResult::Vector(v) = result else {
+            panic!("{q}: not a vector: {result:?}");
+        };
+        assert_eq!(v.iter().map(|s| s.value).collect::<Vec<_>>(), [1.0], "{q}");
+    }
+    let expr = query_lang::parse_expr(r#"{app="a"}"#).unwrap();
+    let (result, _) = querier
+        .query(&t, expr, QueryParams::range(T0 - HOUR, now, 0))
+        .await
+        .unwrap();
+    let QueryResult::Streams { streams, .. } = result else {
+        panic!("not streams: {result:?}");
+    };
+    let lines: Vec<usize> = streams.iter().map(|s| s.entries.len()).collect();
+    assert_eq!(lines, [1]);
+}
