@@ -14,7 +14,7 @@ use object_store::{
 use super::*;
 use crate::clock::ManualClock;
 use crate::storage::segment::FlushChunk;
-use crate::storage::{FilesystemConfig, StorageConfig};
+use crate::storage::StorageConfig;
 
 /// 2026-01-01T12:00:00Z.
 const T0: i64 = 1_767_268_800_000_000_000;
@@ -69,12 +69,7 @@ impl Fixture {
     }
 
     fn config(dir: &tempfile::TempDir) -> StorageConfig {
-        StorageConfig {
-            filesystem: FilesystemConfig {
-                directory: dir.path().join("chunks"),
-            },
-            ..StorageConfig::default()
-        }
+        crate::testutil::store_config(dir.path(), crate::storage::DEFAULT_SAMPLE_CACHE_MB)
     }
 
     /// Writes one segment holding each stream's entries (one chunk of blocks of at most

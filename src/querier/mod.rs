@@ -1037,8 +1037,8 @@ mod tests {
 mod flush_race_tests {
     use super::*;
     use crate::clock::{Clock, SystemClock};
-    use crate::ingester::{Ingester, IngesterConfig};
-    use crate::storage::{FilesystemConfig, StorageConfig};
+    use crate::ingester::Ingester;
+    use crate::testutil::{open_store, store_config};
     use query_lang::eval::{QueryParams, QueryResult};
 
     /// Heads whose every read is preceded by a finished flush: what a query sees when a
@@ -1061,30 +1061,10 @@ mod flush_race_tests {
         }
     }
 
-    fn storage_config(dir: &std::path::Path, sample_cache_max_size_mb: usize) -> StorageConfig {
-        StorageConfig {
-            filesystem: FilesystemConfig {
-                directory: dir.join("chunks"),
-            },
-            sample_cache_max_size_mb,
-            ..StorageConfig::default()
-        }
-    }
-
-    /// Storage under `dir` (with the default sample cache) and an ingester over it.
-    async fn open(dir: &std::path::Path) -> (Arc<Storage>, Arc<Ingester>) {
-        let cfg = storage_config(dir, crate::storage::DEFAULT_SAMPLE_CACHE_MB);
-        let storage = Storage::open(&cfg, Arc::new(SystemClock)).await.unwrap();
-        let ingester = Ingester::open(IngesterConfig::default(), dir.join("wal"), storage.clone())
-            .await
-            .unwrap();
-        (storage, ingester)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flush_during_a_query_hides_no_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, ingester) = open(dir.path()).await;
+        let (storage, ingester) = open_store(dir.path(), Arc::new(SystemClock)).await;
         let tenant = TenantId::new("fake").unwrap();
         let labels = LabelSet::parse(r#"{app="a"}"#).unwrap();
         let now = SystemClock.now_ns();
@@ -1123,7 +1103,7 @@ mod flush_race_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cached_samples_answer_as_reading_the_lines_does() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, ingester) = open(dir.path()).await;
+        let (storage, ingester) = open_store(dir.path(), Arc::new(SystemClock)).await;
         let tenant = TenantId::new("fake").unwrap();
         let now = SystemClock.now_ns();
         let t0 = now - 600_000_000_000;
@@ -1153,7 +1133,7 @@ mod flush_race_tests {
             .unwrap();
         let limits = Arc::new(Limits::new(LimitsConfig::default()));
         let cached = Querier::new(storage.clone(), ingester.clone(), limits.clone());
-        let plain_storage = Storage::open(&storage_config(dir.path(), 0), Arc::new(SystemClock))
+        let plain_storage = Storage::open(&store_config(dir.path(), 0), Arc::new(SystemClock))
             .await
             .unwrap();
         let plain = Querier::new(plain_storage, ingester.clone(), limits);

@@ -3,9 +3,8 @@
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::config::units::ConfigDuration;
-use crate::ingester::{Ingester, IngesterConfig};
+use crate::ingester::Ingester;
 use crate::limits::StreamRetention;
-use crate::storage::{FilesystemConfig, StorageConfig};
 use lode_push::Entry;
 
 /// 2026-01-01T12:00:00Z.
@@ -29,20 +28,7 @@ impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let cfg = StorageConfig {
-            filesystem: FilesystemConfig {
-                directory: dir.path().join("chunks"),
-            },
-            ..StorageConfig::default()
-        };
-        let storage = Storage::open(&cfg, clock.clone()).await.unwrap();
-        let ingester = Ingester::open(
-            IngesterConfig::default(),
-            dir.path().join("wal"),
-            storage.clone(),
-        )
-        .await
-        .unwrap();
+        let (storage, ingester) = crate::testutil::open_store(dir.path(), clock.clone()).await;
         Fixture {
             dir,
             clock,
@@ -159,12 +145,7 @@ async fn a_stream_rule_rewrites_a_segment_without_the_expired_stream() {
     assert_eq!(f.object_count(), 1);
 
     // A reopened store sees the same thing.
-    let cfg = StorageConfig {
-        filesystem: FilesystemConfig {
-            directory: f.dir.path().join("chunks"),
-        },
-        ..StorageConfig::default()
-    };
+    let cfg = crate::testutil::store_config(f.dir.path(), crate::storage::DEFAULT_SAMPLE_CACHE_MB);
     let reopened = Storage::open(&cfg, f.clock.clone()).await.unwrap();
     let series = reopened
         .index()
