@@ -360,6 +360,15 @@ impl Piece {
             ),
         }
     }
+
+    /// A stored block sharing no time with the stream's head (`head`: its time range):
+    /// it holds no entry another piece holds (see [`take_countable`]).
+    fn apart_from(&self, head: Option<(i64, i64)>) -> bool {
+        let Piece::Block(_, b, _) = self else {
+            return false;
+        };
+        !head.is_some_and(|(lo, hi)| hi >= b.meta.min_ts && lo <= b.meta.max_ts)
+    }
 }
 
 impl LogSource for TenantSource {
@@ -411,11 +420,7 @@ impl LogSource for TenantSource {
             // whole, each a batch the engine may cache, instead of merged.
             let whole: Vec<Piece> = if req.any_order {
                 let head_range = head.as_ref().map(Piece::range);
-                let (whole, rest) = pieces.into_iter().partition(|p| match p {
-                    Piece::Block(_, b, _) => !head_range
-                        .is_some_and(|(lo, hi)| hi >= b.meta.min_ts && lo <= b.meta.max_ts),
-                    Piece::Head(_) => false,
-                });
+                let (whole, rest) = pieces.into_iter().partition(|p| p.apart_from(head_range));
                 pieces = rest;
                 whole
             } else {
@@ -513,13 +518,13 @@ fn take_countable(pieces: &mut Vec<Piece>, head: Option<(i64, i64)>, edges: &[i6
     // The span (edges[i-1], edges[i]] holding ts, as i; 0 or len past either end.
     let span_of = |ts: i64| edges.partition_point(|&e| e < ts);
     pieces.retain(|piece| {
+        if !piece.apart_from(head) {
+            return true;
+        }
         let Piece::Block(seg, block, summary) = piece else {
             return true;
         };
         let (min, max) = (block.meta.min_ts, block.meta.max_ts);
-        if head.is_some_and(|(hmin, hmax)| hmax >= min && hmin <= max) {
-            return true;
-        }
         let span = span_of(min);
         match summary {
             Some(summary) if span > 0 && span < edges.len() && span_of(max) == span => {
