@@ -31,7 +31,7 @@ fn entries(n: usize) -> Vec<Entry> {
                 if i % 50 == 0 { 500 } else { 200 },
                 i % 250
             ),
-            structured_metadata: Vec::new(),
+            structured_metadata: Default::default(),
         })
         .collect()
 }

@@ -9,7 +9,7 @@ pub(crate) fn entry(ts: i64, line: &str) -> Entry {
     Entry {
         timestamp_ns: ts,
         line: line.to_string(),
-        structured_metadata: Vec::new(),
+        structured_metadata: Default::default(),
     }
 }
 

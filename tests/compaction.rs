@@ -43,9 +43,9 @@ fn batch(base: i64, flush: i64) -> PushRequest {
                             (i * 37) % 1000
                         ),
                         structured_metadata: if i % 4 == 0 {
-                            vec![("trace_id".to_string(), format!("t{}", i % 8))]
+                            vec![("trace_id".to_string(), format!("t{}", i % 8))].into()
                         } else {
-                            Vec::new()
+                            Default::default()
                         },
                     }
                 })

@@ -91,7 +91,7 @@ fn entries(n: i64) -> Vec<Entry> {
         .map(|i| Entry {
             timestamp_ns: T0 + i,
             line: format!("request {i} served"),
-            structured_metadata: vec![("trace_id".into(), format!("t{i}"))],
+            structured_metadata: vec![("trace_id".into(), format!("t{i}"))].into(),
         })
         .collect()
 }

@@ -11,7 +11,9 @@ pub mod json;
 pub mod labels;
 pub mod proto;
 
-pub use entry::{Entry, PushRequest, PushStream};
+pub use entry::{
+    DETECTED_LEVEL, Entry, LEVELS, Metadata, MetadataInterner, PushRequest, PushStream,
+};
 pub use json::{decode_json, encode_json};
 pub use labels::{LabelError, LabelSet};
 pub use proto::{
@@ -56,7 +58,7 @@ mod tests {
             .prop_map(|(timestamp_ns, line, md)| Entry {
                 timestamp_ns,
                 line,
-                structured_metadata: md,
+                structured_metadata: md.into(),
             });
         let stream = (
             proptest::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,8}", ".{0,12}", 1..4),
@@ -75,7 +77,8 @@ mod tests {
     fn json_normalized(mut req: PushRequest) -> PushRequest {
         for s in &mut req.streams {
             for e in &mut s.entries {
-                let m: std::collections::BTreeMap<_, _> = e.structured_metadata.drain(..).collect();
+                let m: std::collections::BTreeMap<_, _> =
+                    e.structured_metadata.iter().cloned().collect();
                 e.structured_metadata = m.into_iter().collect();
             }
         }

@@ -255,7 +255,7 @@ mod tests {
                         nanos: 5,
                     }),
                     line: b"ok \xff\xfe end".to_vec(),
-                    structured_metadata: vec![],
+                    structured_metadata: Default::default(),
                     parsed: vec![],
                 }],
                 hash: 0,
@@ -276,7 +276,7 @@ mod tests {
                 entries: vec![Entry {
                     timestamp_ns: 1,
                     line: "a".repeat(10_000),
-                    structured_metadata: vec![],
+                    structured_metadata: Default::default(),
                 }],
             }],
         };

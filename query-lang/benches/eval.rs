@@ -153,7 +153,7 @@ fn source() -> InMemorySource {
             (0..LINES).map(|i| Entry {
                 timestamp_ns: START_NS + i as i64 * step,
                 line: json_line(i),
-                structured_metadata: vec![],
+                structured_metadata: Default::default(),
             }),
         );
     }
@@ -202,7 +202,7 @@ fn million_samples() -> InMemorySource {
                 (0..PER_STREAM).map(|i| Entry {
                     timestamp_ns: START_NS + i as i64 * step,
                     line: format!("GET {} {}", PATHS[i % 3], 200 + (i % 5) * 100),
-                    structured_metadata: vec![],
+                    structured_metadata: Default::default(),
                 }),
             );
         }
@@ -348,7 +348,8 @@ fn server_source() -> InMemorySource {
                             structured_metadata: vec![(
                                 "detected_level".to_owned(),
                                 lvl.to_owned(),
-                            )],
+                            )]
+                            .into(),
                         }
                     })
                     .collect();

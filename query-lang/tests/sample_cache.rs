@@ -95,7 +95,7 @@ fn streams() -> Vec<(LabelSet, Vec<Entry>)> {
                         // one order, whichever thread read which stream.
                         timestamp_ns: i as i64 * 10_000_000_000 + (i as i64 % 7) * 10 + s as i64,
                         line,
-                        structured_metadata: vec![("detected_level".into(), level.into())],
+                        structured_metadata: vec![("detected_level".into(), level.into())].into(),
                     }
                 })
                 .collect();

@@ -69,7 +69,7 @@ fn encode(c: &mut Criterion) {
             Some(lode_push::Entry {
                 timestamp_ns: r.timestamp_ns?,
                 line: r.line?,
-                structured_metadata: Vec::new(),
+                structured_metadata: Default::default(),
             })
         })
         .collect();
@@ -144,7 +144,7 @@ fn pipeline(c: &mut Criterion) {
                     streams.entry(target).or_default().push(lode_push::Entry {
                         timestamp_ns: ts,
                         line,
-                        structured_metadata: Vec::new(),
+                        structured_metadata: Default::default(),
                     });
                 }
             }

@@ -757,7 +757,7 @@ impl Tailer {
                 entry: Entry {
                     timestamp_ns: r.timestamp_ns.unwrap_or(now_ns),
                     line,
-                    structured_metadata: Vec::new(),
+                    structured_metadata: Default::default(),
                 },
             });
         }

@@ -230,7 +230,7 @@ fn generate(args: &Args, total: u64, batch_bytes: u64) -> Vec<Batch> {
             per_stream[s].push(Entry {
                 timestamp_ns: ts.min(now),
                 line: text,
-                structured_metadata: Vec::new(),
+                structured_metadata: Default::default(),
             });
             ts += step;
         }

@@ -151,7 +151,7 @@ impl CountColumns {
             let id = *known
                 .entry(e.structured_metadata.as_slice())
                 .or_insert_with(|| {
-                    sets.push(e.structured_metadata.clone());
+                    sets.push(e.structured_metadata.to_vec());
                     next
                 });
             ids.push(id);
@@ -386,13 +386,13 @@ mod tests {
             }
             match out[span_from..]
                 .iter_mut()
-                .find(|c| c.1 == e.structured_metadata)
+                .find(|c| e.structured_metadata == c.1)
             {
                 Some(c) => {
                     c.2 += 1;
                     c.3 += e.line.len() as u64;
                 }
-                None => out.push((upper, e.structured_metadata.clone(), 1, e.line.len() as u64)),
+                None => out.push((upper, e.structured_metadata.to_vec(), 1, e.line.len() as u64)),
             }
         }
         // Within a span, sets in the order of their first line in the block.
@@ -491,7 +491,7 @@ mod tests {
                 .map(|(timestamp_ns, line, structured_metadata)| Entry {
                     timestamp_ns,
                     line,
-                    structured_metadata,
+                    structured_metadata: structured_metadata.into(),
                 })
                 .collect()
         })

@@ -58,7 +58,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
-use lode_push::Entry;
+use lode_push::{Entry, MetadataInterner};
 
 use prost::encoding::{decode_varint, encode_varint};
 use wire::{Reader, WireError};
@@ -183,7 +183,7 @@ impl BlockSummary {
         // Runs of lines share metadata: try the previous line's group first.
         let mut last = 0;
         for e in entries {
-            let same = |g: &SummaryGroup| g.metadata == e.structured_metadata;
+            let same = |g: &SummaryGroup| e.structured_metadata == g.metadata;
             let at = match groups.get(last).filter(|g| same(g)) {
                 Some(_) => last,
                 None => match groups.iter().position(same) {
@@ -191,7 +191,7 @@ impl BlockSummary {
                     None if groups.len() == MAX_SUMMARY_GROUPS => return None,
                     None => {
                         groups.push(SummaryGroup {
-                            metadata: e.structured_metadata.clone(),
+                            metadata: e.structured_metadata.to_vec(),
                             count: 0,
                             bytes: 0,
                         });
@@ -811,6 +811,7 @@ fn parse_columns(
     })?;
     let mut entries = Vec::with_capacity(timestamps.len());
     let mut metadata: Vec<(&str, &str)> = Vec::new();
+    let mut sets = MetadataInterner::default();
     let mut at = 0usize;
     for (timestamp_ns, len) in timestamps.into_iter().zip(lengths) {
         let len = len as usize;
@@ -825,10 +826,7 @@ fn parse_columns(
         entries.push(Entry {
             timestamp_ns,
             line: line.to_owned(),
-            structured_metadata: metadata
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
+            structured_metadata: sets.get(&metadata),
         });
     }
     if !columns.is_empty() {
@@ -850,21 +848,23 @@ fn parse_rows(meta: &BlockMeta, raw: &[u8]) -> Result<Vec<Entry>, Error> {
     // 16 bytes is the smallest entry: ts, empty line, no metadata.
     let mut entries = Vec::with_capacity((meta.count as usize).min(raw.len() / 16));
     let mut raw_bytes = 0u64;
+    let mut sets = MetadataInterner::default();
+    let mut pairs = Vec::new();
     for _ in 0..meta.count {
         let timestamp_ns = r.i64("entry timestamp")?;
         let line = r.str("entry line")?.to_owned();
         let n = r.count("structured metadata count", 8)?;
-        let mut structured_metadata = Vec::with_capacity(n);
+        pairs.clear();
         for _ in 0..n {
-            let name = r.str("structured metadata name")?.to_owned();
-            let value = r.str("structured metadata value")?.to_owned();
-            structured_metadata.push((name, value));
+            let name = r.str("structured metadata name")?;
+            let value = r.str("structured metadata value")?;
+            pairs.push((name, value));
         }
         raw_bytes += line.len() as u64;
         entries.push(Entry {
             timestamp_ns,
             line,
-            structured_metadata,
+            structured_metadata: sets.get(&pairs),
         });
     }
     if r.remaining() != 0 || raw_bytes != meta.raw_bytes {
@@ -999,7 +999,7 @@ pub(crate) mod tests {
         Entry {
             timestamp_ns: ts,
             line: line.to_string(),
-            structured_metadata: vec![],
+            structured_metadata: Default::default(),
         }
     }
 
@@ -1012,7 +1012,7 @@ pub(crate) mod tests {
             .prop_map(|(timestamp_ns, line, structured_metadata)| Entry {
                 timestamp_ns,
                 line,
-                structured_metadata,
+                structured_metadata: structured_metadata.into(),
             })
     }
 
@@ -1094,7 +1094,7 @@ pub(crate) mod tests {
             Entry {
                 timestamp_ns: 2,
                 line: "with metadata".into(),
-                structured_metadata: vec![("trace_id".into(), "abc".into())],
+                structured_metadata: vec![("trace_id".into(), "abc".into())].into(),
             },
         ];
         let v1 = seal_v1(&entries);

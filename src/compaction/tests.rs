@@ -27,7 +27,7 @@ use crate::testutil::{app_labels as labels, count_files, entry};
 
 fn with_level(ts: i64, line: &str, level: &str) -> Entry {
     Entry {
-        structured_metadata: vec![("level".to_string(), level.to_string())],
+        structured_metadata: vec![("level".to_string(), level.to_string())].into(),
         ..entry(ts, line)
     }
 }

@@ -16,7 +16,7 @@ use memchr::memmem;
 /// The label every stream gets when discovery is on.
 pub const SERVICE_NAME: &str = "service_name";
 /// The structured metadata entries get when level discovery is on.
-pub const DETECTED_LEVEL: &str = "detected_level";
+pub use lode_push::DETECTED_LEVEL;
 /// Label and field names read as a level, in order of preference.
 const LEVEL_KEYS: [&str; 4] = ["level", "lvl", "severity", "loglevel"];
 /// How far into a line level words are looked for.
@@ -59,12 +59,8 @@ pub fn add_detected_level(labels: &LabelSet, entry: &mut Entry) {
         Some(v) => normalize(v),
         None => detect_from_line(&entry.line),
     };
-    // Most entries carry no other metadata: room for this one pair, not the four a
-    // first push would reserve, for every line held in a head.
-    entry.structured_metadata.reserve_exact(1);
-    entry
-        .structured_metadata
-        .push((DETECTED_LEVEL.to_string(), level.to_string()));
+    // Most entries carry no other metadata and then share one static set per level.
+    entry.structured_metadata = entry.structured_metadata.with(DETECTED_LEVEL, level);
 }
 
 /// Level spellings Loki recognises, compared case-insensitively, and the level each means.
@@ -230,7 +226,7 @@ mod tests {
         let mut e = Entry {
             timestamp_ns: 0,
             line: line.into(),
-            structured_metadata: vec![],
+            structured_metadata: Default::default(),
         };
         add_detected_level(&labels(r#"{app="a"}"#), &mut e);
         e.structured_metadata[0].1.clone()
@@ -298,14 +294,14 @@ mod tests {
         let mut e = Entry {
             timestamp_ns: 0,
             line: "ERROR boom".into(),
-            structured_metadata: vec![],
+            structured_metadata: Default::default(),
         };
         add_detected_level(&labels(r#"{level="info"}"#), &mut e);
         assert_eq!(e.structured_metadata[0].1, "info");
         let mut e = Entry {
             timestamp_ns: 0,
             line: "ERROR boom".into(),
-            structured_metadata: vec![("detected_level".into(), "debug".into())],
+            structured_metadata: lode_push::Metadata::from(vec![("detected_level".into(), "debug".into())]),
         };
         add_detected_level(&labels(r#"{a="b"}"#), &mut e);
         assert_eq!(e.structured_metadata.len(), 1);

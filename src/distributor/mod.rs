@@ -479,7 +479,7 @@ mod tests {
         Entry {
             timestamp_ns: ts,
             line: line.into(),
-            structured_metadata: vec![],
+            structured_metadata: Default::default(),
         }
     }
 

@@ -601,7 +601,7 @@ mod tests {
                     vec![lode_push::Entry {
                         timestamp_ns: ts,
                         line: "x".into(),
-                        structured_metadata: vec![],
+                        structured_metadata: Default::default(),
                     }],
                     1,
                 )

@@ -548,7 +548,7 @@ async fn structured_metadata_counts_toward_the_block_size() {
         .map(|i| Entry {
             timestamp_ns: T0 + i,
             line: String::new(),
-            structured_metadata: vec![("trace_id".to_string(), "t".repeat(92))],
+            structured_metadata: vec![("trace_id".to_string(), "t".repeat(92))].into(),
         })
         .collect();
     ing.push(&tenant(), vec![(labels("api"), entries.clone())])

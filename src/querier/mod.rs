@@ -941,7 +941,7 @@ mod tests {
         Entry {
             timestamp_ns: ts,
             line: line.to_string(),
-            structured_metadata: Vec::new(),
+            structured_metadata: Default::default(),
         }
     }
 
@@ -1077,7 +1077,7 @@ mod flush_race_tests {
             .map(|i| Entry {
                 timestamp_ns: now - 3_000_000_000 + i,
                 line: format!("line {i}"),
-                structured_metadata: Vec::new(),
+                structured_metadata: Default::default(),
             })
             .collect();
         ingester
@@ -1118,7 +1118,7 @@ mod flush_race_tests {
                 .map(|i| Entry {
                     timestamp_ns: from + i * step,
                     line: format!("level={} took={}ms", ["info", "error"][i as usize % 2], i),
-                    structured_metadata: Vec::new(),
+                    structured_metadata: Default::default(),
                 })
                 .collect();
             (labels, entries)

@@ -45,7 +45,7 @@ impl Fixture {
                 let e = Entry {
                     timestamp_ns: ts,
                     line: format!("{a} line"),
-                    structured_metadata: Vec::new(),
+                    structured_metadata: Default::default(),
                 };
                 (labels(a), vec![e])
             })
@@ -185,7 +185,7 @@ async fn reads_drop_the_expired_part_of_a_block_straddling_the_cut_off() {
         .map(|ts| Entry {
             timestamp_ns: ts,
             line: format!("level=info at={ts}"),
-            structured_metadata: Vec::new(),
+            structured_metadata: Default::default(),
         })
         .collect();
     f.ingester

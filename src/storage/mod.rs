@@ -1060,7 +1060,7 @@ mod tests {
             .map(|(i, l)| Entry {
                 timestamp_ns: i as i64 + 1,
                 line: (*l).to_string(),
-                structured_metadata: vec![],
+                structured_metadata: Default::default(),
             })
             .collect();
         SealedBlock::seal(entries, 1).unwrap()
@@ -1166,7 +1166,8 @@ mod count_tests {
                 structured_metadata: vec![(
                     "detected_level".to_string(),
                     ["info", "warn", "error"][(i % 3) as usize].to_string(),
-                )],
+                )]
+                .into(),
             })
             .collect();
         let chunks = vec![FlushChunk {
@@ -1209,9 +1210,9 @@ mod count_tests {
                 timestamp_ns: ts,
                 line: "y".repeat(ts as usize),
                 structured_metadata: if ts % 3 == 0 {
-                    vec![("level".to_string(), "warn".to_string())]
+                    vec![("level".to_string(), "warn".to_string())].into()
                 } else {
-                    Vec::new()
+                    Default::default()
                 },
             })
             .collect();
@@ -1230,9 +1231,9 @@ mod count_tests {
                 timestamp_ns: ts,
                 line: "x".repeat(ts as usize),
                 structured_metadata: if ts % 2 == 0 {
-                    vec![("level".to_string(), "warn".to_string())]
+                    vec![("level".to_string(), "warn".to_string())].into()
                 } else {
-                    Vec::new()
+                    Default::default()
                 },
             })
             .collect();

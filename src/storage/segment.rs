@@ -564,7 +564,7 @@ mod tests {
             .map(|&t| Entry {
                 timestamp_ns: t,
                 line: format!("line at {t}"),
-                structured_metadata: vec![],
+                structured_metadata: Default::default(),
             })
             .collect();
         SealedBlock::seal(entries, 1).unwrap()

@@ -43,7 +43,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::BufMut;
-use lode_push::{Entry, LabelSet};
+use lode_push::{Entry, LabelSet, MetadataInterner};
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -241,20 +241,22 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, Error> {
         LabelSet::parse(r.str("record labels")?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let n = r.count("record entry count", 16)?;
     let mut entries = Vec::with_capacity(n);
+    let mut sets = MetadataInterner::default();
+    let mut pairs = Vec::new();
     for _ in 0..n {
         let timestamp_ns = r.i64("entry timestamp")?;
         let line = r.str("entry line")?.to_owned();
         let m = r.count("structured metadata count", 8)?;
-        let mut structured_metadata = Vec::with_capacity(m);
+        pairs.clear();
         for _ in 0..m {
-            let name = r.str("structured metadata name")?.to_owned();
-            let value = r.str("structured metadata value")?.to_owned();
-            structured_metadata.push((name, value));
+            let name = r.str("structured metadata name")?;
+            let value = r.str("structured metadata value")?;
+            pairs.push((name, value));
         }
         entries.push(Entry {
             timestamp_ns,
             line,
-            structured_metadata,
+            structured_metadata: sets.get(&pairs),
         });
     }
     if r.remaining() != 0 {
@@ -699,7 +701,7 @@ mod tests {
             entries: vec![Entry {
                 timestamp_ns: i as i64,
                 line: format!("line {i}"),
-                structured_metadata: vec![("trace_id".into(), format!("t{i}"))],
+                structured_metadata: vec![("trace_id".into(), format!("t{i}"))].into(),
             }],
         }
     }
@@ -810,7 +812,7 @@ mod tests {
             let r = Record {
                 tenant: TenantId::new(&tenant).unwrap(),
                 labels: LabelSet::from_pairs(labels).unwrap(),
-                entries: entries.into_iter().map(|(timestamp_ns, line, structured_metadata)| Entry { timestamp_ns, line, structured_metadata }).collect(),
+                entries: entries.into_iter().map(|(timestamp_ns, line, structured_metadata)| Entry { timestamp_ns, line, structured_metadata: structured_metadata.into() }).collect(),
             };
             let bytes = framed(&r);
             prop_assert_eq!(decode_payload(&bytes[FRAME_LEN..]).unwrap(), r);

@@ -37,7 +37,7 @@ pub fn entry(timestamp_ns: i64, line: &str) -> Entry {
     Entry {
         timestamp_ns,
         line: line.to_string(),
-        structured_metadata: Vec::new(),
+        structured_metadata: Default::default(),
     }
 }
 

@@ -367,7 +367,7 @@ mod tests {
                 (0..60).map(|i| Entry {
                     timestamp_ns: i * MIN + 1,
                     line: "l".to_owned(),
-                    structured_metadata: vec![],
+                    structured_metadata: Default::default(),
                 }),
             );
         }
@@ -478,9 +478,9 @@ mod tests {
                         timestamp_ns: i as i64 * 20_000_000_000 + 7,
                         line,
                         structured_metadata: if i % 6 == 0 {
-                            vec![]
+                            Default::default()
                         } else {
-                            vec![("detected_level".to_owned(), level.to_owned())]
+                            vec![("detected_level".to_owned(), level.to_owned())].into()
                         },
                     }
                 }),

@@ -342,7 +342,7 @@ mod tests {
                     timestamp_ns: 5,
                     line: "l".to_owned(),
                     categorized: Some(EntryLabels {
-                        structured_metadata: vec![],
+                        structured_metadata: Default::default(),
                         parsed: l(&[("level", "info")]),
                     }),
                 }],

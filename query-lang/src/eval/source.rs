@@ -274,7 +274,7 @@ mod tests {
         Entry {
             timestamp_ns: ts,
             line: line.to_owned(),
-            structured_metadata: vec![],
+            structured_metadata: Default::default(),
         }
     }
 

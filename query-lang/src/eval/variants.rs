@@ -117,7 +117,7 @@ fn scan(
                     entries.push(Entry {
                         timestamp_ns: ts,
                         line: line.into_owned(),
-                        structured_metadata: Vec::new(),
+                        structured_metadata: Default::default(),
                     });
                 }
             }
@@ -248,7 +248,7 @@ mod tests {
                 lines.iter().map(|(t, l)| Entry {
                     timestamp_ns: t * S,
                     line: (*l).to_owned(),
-                    structured_metadata: vec![],
+                    structured_metadata: Default::default(),
                 }),
             );
         };
