@@ -8,10 +8,7 @@
 //! run: the distributor asks per tenant (`discover_service_name` empty or
 //! `discover_log_levels: false` turn them off).
 
-use std::sync::LazyLock;
-
 use lode_push::{Entry, LabelSet};
-use memchr::memmem;
 
 /// The label every stream gets when discovery is on.
 pub const SERVICE_NAME: &str = "service_name";
@@ -37,8 +34,19 @@ pub fn with_service_name(labels: LabelSet, sources: &[String]) -> LabelSet {
     LabelSet::from_pairs(pairs).unwrap_or(labels)
 }
 
-/// Adds `detected_level` to `entry` unless it already has one.
-pub fn add_detected_level(labels: &LabelSet, entry: &mut Entry) {
+/// The level a stream's own labels give its entries (`level`, `lvl`, `severity` or
+/// `loglevel`), looked up once per stream of a push rather than once per line.
+pub fn stream_level(labels: &LabelSet) -> Option<&'static str> {
+    LEVEL_KEYS
+        .iter()
+        .find_map(|k| labels.get(k))
+        .map(normalize)
+}
+
+/// Adds `detected_level` to `entry` unless it already has one: `stream_level` (from
+/// [`stream_level`]) when the stream has a level label, else a level metadata pair, else
+/// what the line says.
+pub fn add_detected_level(stream_level: Option<&'static str>, entry: &mut Entry) {
     if entry
         .structured_metadata
         .iter()
@@ -46,19 +54,17 @@ pub fn add_detected_level(labels: &LabelSet, entry: &mut Entry) {
     {
         return;
     }
-    let from_label = LEVEL_KEYS.iter().find_map(|k| labels.get(k));
     let from_metadata = || {
         entry.structured_metadata.iter().find_map(|(k, v)| {
             LEVEL_KEYS
                 .iter()
                 .any(|l| k.eq_ignore_ascii_case(l))
-                .then_some(v.as_str())
+                .then(|| normalize(v))
         })
     };
-    let level = match from_label.or_else(from_metadata) {
-        Some(v) => normalize(v),
-        None => detect_from_line(&entry.line),
-    };
+    let level = stream_level
+        .or_else(from_metadata)
+        .unwrap_or_else(|| detect_from_line(&entry.line));
     // Most entries carry no other metadata and then share one static set per level.
     entry.structured_metadata = entry.structured_metadata.with(DETECTED_LEVEL, level);
 }
@@ -117,50 +123,74 @@ pub fn normalize(value: &str) -> &'static str {
 
 /// A `level` field (JSON or logfmt) or else the most severe level word near the start.
 pub fn detect_from_line(line: &str) -> &'static str {
-    static KEYS: LazyLock<Vec<memmem::Finder<'static>>> = LazyLock::new(|| {
-        LEVEL_KEYS
-            .iter()
-            .map(|k| memmem::Finder::new(k.as_bytes()).into_owned())
-            .collect()
-    });
+    // One pass over the words (runs of ASCII letters) of the line's head: a word that is a
+    // level key may start a field, any other may be a level word. Fields win, in the
+    // order of LEVEL_KEYS, whatever their place in the line.
     let head = head(line);
-    for key in KEYS.iter() {
-        if let Some(v) = field(head, key) {
-            return normalize(v);
+    let bytes = head.as_bytes();
+    let mut fields: [Option<&str>; LEVEL_KEYS.len()] = [None; LEVEL_KEYS.len()];
+    let mut best: Option<(u8, &'static str)> = None;
+    let mut at = 0;
+    while at < bytes.len() {
+        if !bytes[at].is_ascii_alphabetic() {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while bytes.get(at).is_some_and(u8::is_ascii_alphabetic) {
+            at += 1;
+        }
+        // Runs of ASCII letters end on character boundaries.
+        let word = head.get(start..at).unwrap_or("");
+        if let Some(k) = LEVEL_KEYS.iter().position(|key| *key == word) {
+            if fields[k].is_none() {
+                fields[k] = field_value(head, start, at);
+                if k == 0 && fields[k].is_some() {
+                    break;
+                }
+            }
+            continue;
+        }
+        if let Some(rank_level) = level_word(word) {
+            if best.is_none_or(|(r, _)| rank_level.0 > r) {
+                best = Some(rank_level);
+            }
         }
     }
-    let mut best: Option<(u8, &'static str)> = None;
-    for word in head.split(|c: char| !c.is_ascii_alphabetic()) {
-        if word.len() < 3 || word.len() > 8 {
-            continue;
-        }
-        if !word
-            .as_bytes()
-            .first()
-            .is_some_and(|&b| FIRST_BYTES[usize::from(b)])
-        {
-            continue;
-        }
-        let level = normalize(word);
-        let rank = match level {
-            "fatal" => 6,
-            "critical" => 5,
-            "error" => 4,
-            "warn" => 3,
-            "info" => 2,
-            "debug" => 1,
-            "trace" => 0,
-            _ => continue,
-        };
-        // `inf`/`err` and friends are too common inside words to trust alone.
-        if word.len() == 3 && !word.chars().all(|c| c.is_ascii_uppercase()) {
-            continue;
-        }
-        if best.is_none_or(|(r, _)| rank > r) {
-            best = Some((rank, level));
-        }
+    if let Some(v) = fields.iter().flatten().next() {
+        return normalize(v);
     }
     best.map_or("unknown", |(_, l)| l)
+}
+
+/// The severity rank and level of a word that names a level on its own.
+fn level_word(word: &str) -> Option<(u8, &'static str)> {
+    if word.len() < 3 || word.len() > 8 {
+        return None;
+    }
+    if !word
+        .as_bytes()
+        .first()
+        .is_some_and(|&b| FIRST_BYTES[usize::from(b)])
+    {
+        return None;
+    }
+    let level = normalize(word);
+    let rank = match level {
+        "fatal" => 6,
+        "critical" => 5,
+        "error" => 4,
+        "warn" => 3,
+        "info" => 2,
+        "debug" => 1,
+        "trace" => 0,
+        _ => return None,
+    };
+    // `inf`/`err` and friends are too common inside words to trust alone.
+    if word.len() == 3 && !word.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    Some((rank, level))
 }
 
 fn head(line: &str) -> &str {
@@ -174,49 +204,39 @@ fn head(line: &str) -> &str {
     line.get(..end).unwrap_or("")
 }
 
-/// The value of `key` written as `key=value`, `key="value"` or `"key": "value"`.
-fn field<'a>(text: &'a str, key: &memmem::Finder<'static>) -> Option<&'a str> {
+/// The value of a field whose key is `text[start..end]`, written as `key=value`,
+/// `key="value"` or `"key": "value"`; `None` when the key is not at a field's start or has
+/// no value there.
+fn field_value(text: &str, start: usize, end: usize) -> Option<&str> {
     let bytes = text.as_bytes();
-    let key_len = key.needle().len();
-    let mut from = 0;
-    while let Some(pos) = key.find(bytes.get(from..)?) {
-        let start = from + pos;
-        let end = start + key_len;
-        from = end;
-        let quoted_key = start > 0 && bytes.get(start - 1) == Some(&b'"');
-        let boundary = start == 0
-            || quoted_key
-            || bytes
-                .get(start - 1)
-                .is_some_and(|b| b.is_ascii_whitespace() || *b == b',' || *b == b'{');
-        if !boundary {
-            continue;
-        }
-        let mut rest = text.get(end..)?;
-        if quoted_key {
-            rest = rest.strip_prefix('"')?.trim_start().strip_prefix(':')?;
-        } else if let Some(r) = rest.strip_prefix('=') {
-            rest = r;
-        } else {
-            continue;
-        }
-        let rest = rest.trim_start();
-        let value = match rest.strip_prefix('"') {
-            Some(r) => r.split('"').next()?,
-            None => rest
-                .split(|c: char| c.is_whitespace() || c == ',' || c == '}')
-                .next()?,
-        };
-        if !value.is_empty() {
-            return Some(value);
-        }
+    let before = start.checked_sub(1).and_then(|i| bytes.get(i));
+    let quoted_key = before == Some(&b'"');
+    let boundary = before.is_none_or(|b| {
+        *b == b'"' || b.is_ascii_whitespace() || *b == b',' || *b == b'{'
+    });
+    if !boundary {
+        return None;
     }
-    None
+    let mut rest = text.get(end..)?;
+    if quoted_key {
+        rest = rest.strip_prefix('"')?.trim_start().strip_prefix(':')?;
+    } else {
+        rest = rest.strip_prefix('=')?;
+    }
+    let rest = rest.trim_start();
+    let value = match rest.strip_prefix('"') {
+        Some(r) => r.split('"').next()?,
+        None => rest
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '}')
+            .next()?,
+    };
+    (!value.is_empty()).then_some(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     fn labels(s: &str) -> LabelSet {
         LabelSet::parse(s).unwrap()
@@ -228,7 +248,7 @@ mod tests {
             line: line.into(),
             structured_metadata: Default::default(),
         };
-        add_detected_level(&labels(r#"{app="a"}"#), &mut e);
+        add_detected_level(stream_level(&labels(r#"{app="a"}"#)), &mut e);
         e.structured_metadata[0].1.clone()
     }
 
@@ -296,14 +316,126 @@ mod tests {
             line: "ERROR boom".into(),
             structured_metadata: Default::default(),
         };
-        add_detected_level(&labels(r#"{level="info"}"#), &mut e);
+        add_detected_level(stream_level(&labels(r#"{level="info"}"#)), &mut e);
         assert_eq!(e.structured_metadata[0].1, "info");
         let mut e = Entry {
             timestamp_ns: 0,
             line: "ERROR boom".into(),
             structured_metadata: lode_push::Metadata::from(vec![("detected_level".into(), "debug".into())]),
         };
-        add_detected_level(&labels(r#"{a="b"}"#), &mut e);
+        add_detected_level(stream_level(&labels(r#"{a="b"}"#)), &mut e);
         assert_eq!(e.structured_metadata.len(), 1);
+    }
+
+    /// The detection this module had before its one-pass scan: one substring search per
+    /// key, then a scan of the words. Kept to check the scan against.
+fn memmem_detect(line: &str) -> &'static str {
+        static KEYS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> = std::sync::LazyLock::new(|| {
+            LEVEL_KEYS
+                .iter()
+                .map(|k| memchr::memmem::Finder::new(k.as_bytes()).into_owned())
+                .collect()
+        });
+        let head = head(line);
+        for key in KEYS.iter() {
+            if let Some(v) = memmem_field(head, key) {
+                return normalize(v);
+            }
+        }
+        let mut best: Option<(u8, &'static str)> = None;
+        for word in head.split(|c: char| !c.is_ascii_alphabetic()) {
+            if word.len() < 3 || word.len() > 8 {
+                continue;
+            }
+            if !word
+                .as_bytes()
+                .first()
+                .is_some_and(|&b| FIRST_BYTES[usize::from(b)])
+            {
+                continue;
+            }
+            let level = normalize(word);
+            let rank = match level {
+                "fatal" => 6,
+                "critical" => 5,
+                "error" => 4,
+                "warn" => 3,
+                "info" => 2,
+                "debug" => 1,
+                "trace" => 0,
+                _ => continue,
+            };
+            // `inf`/`err` and friends are too common inside words to trust alone.
+            if word.len() == 3 && !word.chars().all(|c| c.is_ascii_uppercase()) {
+                continue;
+            }
+            if best.is_none_or(|(r, _)| rank > r) {
+                best = Some((rank, level));
+            }
+        }
+        best.map_or("unknown", |(_, l)| l)
+    }
+    fn memmem_field<'a>(text: &'a str, key: &memchr::memmem::Finder<'static>) -> Option<&'a str> {
+        let bytes = text.as_bytes();
+        let key_len = key.needle().len();
+        let mut from = 0;
+        while let Some(pos) = key.find(bytes.get(from..)?) {
+            let start = from + pos;
+            let end = start + key_len;
+            from = end;
+            let quoted_key = start > 0 && bytes.get(start - 1) == Some(&b'"');
+            let boundary = start == 0
+                || quoted_key
+                || bytes
+                    .get(start - 1)
+                    .is_some_and(|b| b.is_ascii_whitespace() || *b == b',' || *b == b'{');
+            if !boundary {
+                continue;
+            }
+            let mut rest = text.get(end..)?;
+            if quoted_key {
+                rest = rest.strip_prefix('"')?.trim_start().strip_prefix(':')?;
+            } else if let Some(r) = rest.strip_prefix('=') {
+                rest = r;
+            } else {
+                continue;
+            }
+            let rest = rest.trim_start();
+            let value = match rest.strip_prefix('"') {
+                Some(r) => r.split('"').next()?,
+                None => rest
+                    .split(|c: char| c.is_whitespace() || c == ',' || c == '}')
+                    .next()?,
+            };
+            if !value.is_empty() {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        #[test]
+        fn the_one_pass_scan_finds_what_one_search_per_key_found(
+            parts in proptest::collection::vec(proptest::prop_oneof![
+                8 => proptest::sample::select(vec![
+                    "level", "lvl", "severity", "loglevel", "xlevel", "levels", "=", "\"",
+                    ":", " ", ",", "{", "}", "_", "1", "é", "ERROR", "info", "WARN", "Err",
+                    "INF", "crit", "verbose",
+                ]).prop_map(str::to_owned),
+                1 => "[a-zA-Z]{1,9}",
+            ], 0..12),
+        ) {
+            let line = parts.concat();
+            proptest::prop_assert_eq!(detect_from_line(&line), memmem_detect(&line), "{:?}", line);
+        }
+    }
+
+    #[test]
+    fn fields_past_the_first_kilobyte_are_not_read() {
+        let line = format!("{} level=error", "x ".repeat(600));
+        assert_eq!(detect_from_line(&line), memmem_detect(&line));
+        assert_eq!(detect_from_line(&line), "unknown");
     }
 }

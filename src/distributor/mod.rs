@@ -348,6 +348,7 @@ pub fn validate(req: PushRequest, limits: &LimitsConfig, now_ns: i64) -> Validat
             continue;
         }
         let labels = discovery::with_service_name(labels, &limits.discover_service_name);
+        let stream_level = discovery::stream_level(&labels);
 
         let mut kept = Vec::with_capacity(stream.entries.len());
         for mut entry in stream.entries {
@@ -400,7 +401,7 @@ pub fn validate(req: PushRequest, limits: &LimitsConfig, now_ns: i64) -> Validat
                 }
             }
             if limits.discover_log_levels {
-                discovery::add_detected_level(&labels, &mut entry);
+                discovery::add_detected_level(stream_level, &mut entry);
             }
             out.entries += 1;
             out.bytes += entry.line.len();
