@@ -669,3 +669,65 @@ async fn a_flush_while_a_block_is_being_sealed_stores_its_entries_once() {
     ing.flush_all().await.unwrap();
     assert_eq!(stored_entries(&storage).await, numbered(0, 8));
 }
+
+/// One change to a day's dedup keys, for the model test of [`Seen`].
+#[derive(Clone, Debug)]
+enum SeenOp {
+    Insert(i64, u64),
+    Remove(i64, u64),
+    RemoveAll(Vec<u64>),
+}
+
+fn seen_op() -> impl proptest::strategy::Strategy<Value = SeenOp> {
+    use proptest::prelude::*;
+    // Few timestamps and hashes, so that equal keys, equal timestamps and arrivals behind
+    // the newest all happen often.
+    prop_oneof![
+        6 => (0i64..12, 0u64..6).prop_map(|(t, h)| SeenOp::Insert(t, h)),
+        1 => (0i64..12, 0u64..6).prop_map(|(t, h)| SeenOp::Remove(t, h)),
+        1 => proptest::collection::vec(0u64..6, 0..4).prop_map(SeenOp::RemoveAll),
+    ]
+}
+
+proptest::proptest! {
+    /// `Seen` answers as a plain set of (timestamp, hash) keys does, whatever the order of
+    /// arrivals and removals. Hashes here stand for whole keys (as `entry_hash` covers the
+    /// timestamp), so a hash is only ever used with one timestamp.
+    #[test]
+    fn seen_keys_behave_as_a_set(ops in proptest::collection::vec(seen_op(), 0..60)) {
+        let mut seen = Seen::default();
+        let mut model: std::collections::HashSet<(i64, u64)> = Default::default();
+        let key = |t: i64, h: u64| (t, h * 100 + t as u64);
+        for op in ops {
+            match op {
+                SeenOp::Insert(t, h) => {
+                    let (t, h) = key(t, h);
+                    proptest::prop_assert_eq!(seen.insert(t, h), model.insert((t, h)));
+                }
+                SeenOp::Remove(t, h) => {
+                    let (t, h) = key(t, h);
+                    // Only reserved keys are ever removed.
+                    if model.remove(&(t, h)) {
+                        seen.remove(t, h);
+                    }
+                }
+                SeenOp::RemoveAll(hs) => {
+                    let gone: Vec<u64> = model
+                        .iter()
+                        .filter(|(_, h)| hs.contains(&(h / 100)))
+                        .map(|&(_, h)| h)
+                        .collect();
+                    model.retain(|(_, h)| !gone.contains(h));
+                    seen.remove_all(&gone);
+                }
+            }
+            for t in 0..12 {
+                for h in 0..6 {
+                    let (t, h) = key(t, h);
+                    proptest::prop_assert_eq!(seen.contains(t, h), model.contains(&(t, h)));
+                }
+            }
+            proptest::prop_assert_eq!(seen.is_empty(), model.is_empty());
+        }
+    }
+}
