@@ -12,7 +12,7 @@ pub mod labels;
 pub mod proto;
 
 pub use entry::{
-    DETECTED_LEVEL, Entry, LEVELS, Metadata, MetadataInterner, PushRequest, PushStream,
+    Entry, Metadata, MetadataInterner, PushRequest, PushStream, DETECTED_LEVEL, LEVELS,
 };
 pub use json::{decode_json, encode_json};
 pub use labels::{LabelError, LabelSet};

@@ -392,7 +392,12 @@ mod tests {
                     c.2 += 1;
                     c.3 += e.line.len() as u64;
                 }
-                None => out.push((upper, e.structured_metadata.to_vec(), 1, e.line.len() as u64)),
+                None => out.push((
+                    upper,
+                    e.structured_metadata.to_vec(),
+                    1,
+                    e.line.len() as u64,
+                )),
             }
         }
         // Within a span, sets in the order of their first line in the block.

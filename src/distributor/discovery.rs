@@ -37,10 +37,7 @@ pub fn with_service_name(labels: LabelSet, sources: &[String]) -> LabelSet {
 /// The level a stream's own labels give its entries (`level`, `lvl`, `severity` or
 /// `loglevel`), looked up once per stream of a push rather than once per line.
 pub fn stream_level(labels: &LabelSet) -> Option<&'static str> {
-    LEVEL_KEYS
-        .iter()
-        .find_map(|k| labels.get(k))
-        .map(normalize)
+    LEVEL_KEYS.iter().find_map(|k| labels.get(k)).map(normalize)
 }
 
 /// Adds `detected_level` to `entry` unless it already has one: `stream_level` (from
@@ -211,9 +208,8 @@ fn field_value(text: &str, start: usize, end: usize) -> Option<&str> {
     let bytes = text.as_bytes();
     let before = start.checked_sub(1).and_then(|i| bytes.get(i));
     let quoted_key = before == Some(&b'"');
-    let boundary = before.is_none_or(|b| {
-        *b == b'"' || b.is_ascii_whitespace() || *b == b',' || *b == b'{'
-    });
+    let boundary =
+        before.is_none_or(|b| *b == b'"' || b.is_ascii_whitespace() || *b == b',' || *b == b'{');
     if !boundary {
         return None;
     }
@@ -223,6 +219,12 @@ fn field_value(text: &str, start: usize, end: usize) -> Option<&str> {
     } else {
         rest = rest.strip_prefix('=')?;
     }
+    value_text(rest)
+}
+
+/// A field's value at the start of `rest` (after its `=` or `:`): quoted, or up to the
+/// next space, comma or brace; `None` when empty.
+fn value_text(rest: &str) -> Option<&str> {
     let rest = rest.trim_start();
     let value = match rest.strip_prefix('"') {
         Some(r) => r.split('"').next()?,
@@ -321,56 +323,39 @@ mod tests {
         let mut e = Entry {
             timestamp_ns: 0,
             line: "ERROR boom".into(),
-            structured_metadata: lode_push::Metadata::from(vec![("detected_level".into(), "debug".into())]),
+            structured_metadata: lode_push::Metadata::from(vec![(
+                "detected_level".into(),
+                "debug".into(),
+            )]),
         };
         add_detected_level(stream_level(&labels(r#"{a="b"}"#)), &mut e);
         assert_eq!(e.structured_metadata.len(), 1);
     }
 
     /// The detection this module had before its one-pass scan: one substring search per
-    /// key, then a scan of the words. Kept to check the scan against.
-fn memmem_detect(line: &str) -> &'static str {
-        static KEYS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> = std::sync::LazyLock::new(|| {
-            LEVEL_KEYS
-                .iter()
-                .map(|k| memchr::memmem::Finder::new(k.as_bytes()).into_owned())
-                .collect()
-        });
+    /// key, then a split into words. Kept to check the scan's field finding against.
+    fn memmem_detect(line: &str) -> &'static str {
+        static KEYS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+            std::sync::LazyLock::new(|| {
+                LEVEL_KEYS
+                    .iter()
+                    .map(|k| memchr::memmem::Finder::new(k.as_bytes()).into_owned())
+                    .collect()
+            });
         let head = head(line);
         for key in KEYS.iter() {
             if let Some(v) = memmem_field(head, key) {
                 return normalize(v);
             }
         }
+        // Words are judged as the scan judges them; what this checks is where fields are
+        // found.
         let mut best: Option<(u8, &'static str)> = None;
         for word in head.split(|c: char| !c.is_ascii_alphabetic()) {
-            if word.len() < 3 || word.len() > 8 {
-                continue;
-            }
-            if !word
-                .as_bytes()
-                .first()
-                .is_some_and(|&b| FIRST_BYTES[usize::from(b)])
-            {
-                continue;
-            }
-            let level = normalize(word);
-            let rank = match level {
-                "fatal" => 6,
-                "critical" => 5,
-                "error" => 4,
-                "warn" => 3,
-                "info" => 2,
-                "debug" => 1,
-                "trace" => 0,
-                _ => continue,
-            };
-            // `inf`/`err` and friends are too common inside words to trust alone.
-            if word.len() == 3 && !word.chars().all(|c| c.is_ascii_uppercase()) {
-                continue;
-            }
-            if best.is_none_or(|(r, _)| rank > r) {
-                best = Some((rank, level));
+            if let Some((rank, level)) = level_word(word) {
+                if best.is_none_or(|(r, _)| rank > r) {
+                    best = Some((rank, level));
+                }
             }
         }
         best.map_or("unknown", |(_, l)| l)
@@ -400,14 +385,7 @@ fn memmem_detect(line: &str) -> &'static str {
             } else {
                 continue;
             }
-            let rest = rest.trim_start();
-            let value = match rest.strip_prefix('"') {
-                Some(r) => r.split('"').next()?,
-                None => rest
-                    .split(|c: char| c.is_whitespace() || c == ',' || c == '}')
-                    .next()?,
-            };
-            if !value.is_empty() {
+            if let Some(value) = value_text(rest) {
                 return Some(value);
             }
         }

@@ -824,7 +824,8 @@ impl Ingester {
         {
             let mut heads = self.heads.lock();
             for ((labels, entries), hashes) in streams.into_iter().zip(hashes) {
-                let (keep, hashes, rejected) = heads.check(tenant, &labels, entries, hashes, window);
+                let (keep, hashes, rejected) =
+                    heads.check(tenant, &labels, entries, hashes, window);
                 outcome.rejected.extend(rejected);
                 if !keep.is_empty() {
                     accepted.push((labels, keep));
