@@ -236,3 +236,22 @@ fn rules_check_reports_unreadable_files() {
     assert!(err.contains("FAILED"), "{err}");
     assert!(err.contains("cannot read rule file"), "{err}");
 }
+
+/// The server turns transparent huge pages off for itself (mimalloc would otherwise get
+/// 2 MiB pages, each zeroed whole at its first touch). Read from the kernel's own view of
+/// the process, where the kernel shows it.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = lode();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path());
+    let server = spawn(cmd);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+        eprintln!("this kernel does not show THP_enabled in /proc/PID/status; nothing to check");
+        return;
+    };
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
