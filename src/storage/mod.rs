@@ -863,6 +863,30 @@ impl Storage {
         block: &BlockInfo,
         filter: &BlockFilter,
     ) -> Result<Option<Arc<Vec<Entry>>>, Error> {
+        self.read_block_with(meta, block, filter, true).await
+    }
+
+    /// Like [`Self::read_block_if`], but a block not in the cache is not put there once
+    /// decoded: for a reader that keeps what it makes of the block elsewhere (a metric
+    /// query's samples). Filling the cache is most of the cost of a first read: every
+    /// decoded entry is freshly allocated memory the kernel must fault in and zero,
+    /// while entries dropped after use are memory the next block reuses.
+    pub async fn read_block_through(
+        &self,
+        meta: &Arc<SegmentMeta>,
+        block: &BlockInfo,
+        filter: &BlockFilter,
+    ) -> Result<Option<Arc<Vec<Entry>>>, Error> {
+        self.read_block_with(meta, block, filter, false).await
+    }
+
+    async fn read_block_with(
+        &self,
+        meta: &Arc<SegmentMeta>,
+        block: &BlockInfo,
+        filter: &BlockFilter,
+        keep: bool,
+    ) -> Result<Option<Arc<Vec<Entry>>>, Error> {
         let whole = (meta.id, block.offset, 0);
         let kept = (meta.id, block.offset, filter.key);
         {
@@ -883,9 +907,11 @@ impl Storage {
             })
             .await?;
         let entries = Arc::new(entries);
-        // The key and list cost something even when no entry is kept.
-        let size = 64 + decoded_size(&entries);
-        self.cache.lock().put(kept, entries.clone(), size);
+        if keep {
+            // The key and list cost something even when no entry is kept.
+            let size = 64 + decoded_size(&entries);
+            self.cache.lock().put(kept, entries.clone(), size);
+        }
         Ok((!entries.is_empty() || filter.key == 0).then_some(entries))
     }
 
