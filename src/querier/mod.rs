@@ -774,7 +774,10 @@ impl MergeReader {
 
     /// Starts reads of the next pending pieces not yet started, up to the read-ahead.
     fn prefetch(&mut self) {
-        let ahead = if self.filter.is_empty() {
+        let ahead = if !self.keep_blocks && self.storage.is_local() {
+            // Read on this thread as they are opened (see `Storage::read_block_here`).
+            0
+        } else if self.filter.is_empty() {
             PREFETCH_BLOCKS
         } else {
             FILTERED_PREFETCH_BLOCKS
@@ -828,7 +831,12 @@ impl MergeReader {
                 .map_err(|e| err(format!("block read failed: {e}")))?
                 .map_err(|e| err(e.to_string()))?,
             (Piece::Block(seg, block, _), _) => {
-                let read = if self.keep_blocks {
+                let here = (!self.keep_blocks)
+                    .then(|| self.storage.read_block_here(&seg, &block, &self.filter))
+                    .flatten();
+                let read = if let Some(read) = here {
+                    read
+                } else if self.keep_blocks {
                     self.runtime
                         .block_on(self.storage.read_block_if(&seg, &block, &self.filter))
                 } else {
