@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test harness: a panic is the failure report
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use lode_push::{Entry, LabelSet};
@@ -22,6 +23,11 @@ const BLOCK: usize = 37;
 struct BlockSource {
     streams: Vec<(LabelSet, Vec<Arc<Vec<Entry>>>)>,
     cache: SampleCache,
+    /// Blocks whose samples the request's extraction has cached are handed as those
+    /// samples, unread (`SelectRequest::samples`).
+    answers_from_cache: bool,
+    /// Blocks handed with their entries.
+    read: AtomicUsize,
 }
 
 impl LogSource for BlockSource {
@@ -43,11 +49,20 @@ impl LogSource for BlockSource {
                         && b.last().is_some_and(|e| e.timestamp_ns >= req.start_ns)
                 })
                 .map(|(i, b)| {
+                    let origin = BlockOrigin {
+                        object: s as u128,
+                        offset: i as u64,
+                    };
+                    let cached = req
+                        .samples
+                        .filter(|_| self.answers_from_cache)
+                        .and_then(|key| self.cache.lookup(origin, key));
+                    if let Some(samples) = cached {
+                        return Ok(EntryBatch::from_samples(origin, samples));
+                    }
+                    self.read.fetch_add(1, Ordering::Relaxed);
                     Ok(EntryBatch {
-                        origin: Some(BlockOrigin {
-                            object: s as u128,
-                            offset: i as u64,
-                        }),
+                        origin: Some(origin),
                         ..EntryBatch::new(b.clone())
                     })
                 })
@@ -109,6 +124,8 @@ fn sources() -> (InMemorySource, BlockSource) {
     let mut blocks = BlockSource {
         streams: Vec::new(),
         cache: SampleCache::new(64 << 20),
+        answers_from_cache: false,
+        read: AtomicUsize::new(0),
     };
     for (labels, entries) in streams() {
         plain.push(labels.clone(), entries.clone());
@@ -189,4 +206,38 @@ fn a_zero_budget_source_answers_the_same() {
         );
     }
     assert!(blocks.cache.is_empty());
+}
+
+#[test]
+fn a_store_handing_cached_samples_unread_answers_the_same_and_reads_each_block_once() {
+    let (plain, mut blocks) = sources();
+    blocks.answers_from_cache = true;
+    let ranges = [
+        QueryParams::range(0, 120 * MIN, MIN),
+        QueryParams::range(17 * MIN + 3, 61 * MIN, 30_000_000_000),
+        QueryParams::instant(47 * MIN + 5),
+    ];
+    for query in QUERIES {
+        for params in &ranges {
+            let want = answer(&plain, query, params);
+            assert_eq!(
+                answer(&blocks, query, params),
+                want,
+                "{query} over {params:?}"
+            );
+            assert_eq!(answer(&blocks, query, params), want, "{query} warm");
+        }
+    }
+    // A query whose lines raise no error: once its blocks are cached, none is read.
+    let query =
+        r#"quantile_over_time(0.9, {app="x"} | json | unwrap size | __error__="" [5m]) by (path)"#;
+    let params = QueryParams::range(0, 120 * MIN, MIN);
+    answer(&blocks, query, &params);
+    let before = blocks.read.load(Ordering::Relaxed);
+    answer(&blocks, query, &params);
+    assert_eq!(
+        blocks.read.load(Ordering::Relaxed),
+        before,
+        "a cached block was read"
+    );
 }

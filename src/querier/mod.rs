@@ -418,7 +418,7 @@ impl LogSource for TenantSource {
             // Stored blocks sharing no time with the head hold no entry another piece
             // holds (see `take_countable`): when order does not matter they go out
             // whole, each a batch the engine may cache, instead of merged.
-            let whole: Vec<Piece> = if req.any_order {
+            let mut whole: Vec<Piece> = if req.any_order {
                 let head_range = head.as_ref().map(Piece::range);
                 let (whole, rest) = pieces.into_iter().partition(|p| p.apart_from(head_range));
                 pieces = rest;
@@ -426,11 +426,40 @@ impl LogSource for TenantSource {
             } else {
                 Vec::new()
             };
+            // Whole blocks whose samples the query's extraction has cached are handed as
+            // those samples, unread (a block straddling the retention cut-off is not
+            // whole once opened, so it is read).
+            let mut cached = Vec::new();
+            if let Some(key) = req.samples {
+                let samples = self.storage.sample_cache();
+                whole.retain(|p| {
+                    let Piece::Block(seg, block, _) = p else {
+                        return true;
+                    };
+                    if block.meta.min_ts < self.cutoff_ns {
+                        return true;
+                    }
+                    let origin = BlockOrigin {
+                        object: seg.id.0,
+                        offset: block.offset,
+                    };
+                    match samples.lookup(origin, key) {
+                        Some(hit) => {
+                            self.processed
+                                .add_read(u64::from(block.meta.count), block.meta.raw_bytes);
+                            cached.push(EntryBatch::from_samples(origin, hit));
+                            false
+                        }
+                        None => true,
+                    }
+                });
+            }
             pieces.extend(head);
             found.push(Found {
                 labels: stream.labels,
                 pieces,
                 whole,
+                cached,
                 counts,
             });
         }
@@ -446,13 +475,14 @@ impl LogSource for TenantSource {
             labels,
             pieces,
             whole,
+            cached,
             counts,
         } in found
         {
             for c in &counts {
                 self.processed.add_counted(c.lines, c.bytes);
             }
-            if pieces.is_empty() && whole.is_empty() && counts.is_empty() {
+            if pieces.is_empty() && whole.is_empty() && cached.is_empty() && counts.is_empty() {
                 continue;
             }
             let reader = |pieces, merge| {
@@ -468,10 +498,19 @@ impl LogSource for TenantSource {
                 .merging(merge)
                 .dropping_before(self.cutoff_ns)
             };
-            let batches: BatchIter = if whole.is_empty() {
+            // Whole blocks read for a query that caches their samples are not kept in
+            // the decoded-block cache: the samples are what a later run reuses.
+            let keep_whole = req.samples.is_none();
+            let batches: BatchIter = if whole.is_empty() && cached.is_empty() {
                 Box::new(reader(pieces, true))
             } else {
-                Box::new(reader(whole, false).chain(reader(pieces, true)))
+                Box::new(
+                    cached
+                        .into_iter()
+                        .map(Ok)
+                        .chain(reader(whole, false).keeping_blocks(keep_whole))
+                        .chain(reader(pieces, true)),
+                )
             };
             out.push(StreamData {
                 labels,
@@ -494,6 +533,8 @@ struct Found {
     pieces: Vec<Piece>,
     /// Stored blocks handed out whole, unmerged (`SelectRequest::any_order`).
     whole: Vec<Piece>,
+    /// Whole stored blocks answered from the sample cache, unread.
+    cached: Vec<EntryBatch>,
     counts: Vec<BlockCount>,
 }
 
@@ -649,6 +690,8 @@ struct MergeReader {
     /// Blocks (not heads: they are already in memory) holding none of a required
     /// substring are skipped unparsed.
     filter: BlockFilter,
+    /// Whether blocks read are kept in the storage's decoded-block cache.
+    keep_blocks: bool,
     /// Unopened pieces in merge order: by first entry (forward) or last entry (backward).
     pending: std::collections::VecDeque<Piece>,
     /// Reads of the next pending blocks, started early so that fetching and decoding
@@ -698,6 +741,7 @@ impl MergeReader {
             merge: true,
             floor: i64::MIN,
             filter,
+            keep_blocks: true,
             pending: pieces.into(),
             prefetched: std::collections::VecDeque::new(),
             active: Vec::new(),
@@ -715,6 +759,13 @@ impl MergeReader {
         self
     }
 
+    /// Whether blocks read are kept in the decoded-block cache (the default) or only
+    /// read through it ([`Storage::read_block_through`]).
+    fn keeping_blocks(mut self, keep: bool) -> Self {
+        self.keep_blocks = keep;
+        self
+    }
+
     /// Whether pieces are merged (the default) or handed out whole one after another.
     fn merging(mut self, merge: bool) -> Self {
         self.merge = merge;
@@ -723,24 +774,31 @@ impl MergeReader {
 
     /// Starts reads of the next pending pieces not yet started, up to the read-ahead.
     fn prefetch(&mut self) {
-        let ahead = if self.filter.is_empty() {
+        let ahead = if !self.keep_blocks && self.storage.is_local() {
+            // Read on this thread as they are opened (see `Storage::read_block_here`).
+            0
+        } else if self.filter.is_empty() {
             PREFETCH_BLOCKS
         } else {
             FILTERED_PREFETCH_BLOCKS
         };
         while self.prefetched.len() < self.pending.len().min(ahead) {
-            let handle =
-                match self.pending.get(self.prefetched.len()) {
-                    Some(Piece::Block(seg, block, _)) => {
-                        let (storage, seg, block) = (self.storage.clone(), seg.clone(), *block);
-                        let filter = self.filter.clone();
-                        Prefetch::Block(self.runtime.spawn(async move {
+            let handle = match self.pending.get(self.prefetched.len()) {
+                Some(Piece::Block(seg, block, _)) => {
+                    let (storage, seg, block) = (self.storage.clone(), seg.clone(), *block);
+                    let filter = self.filter.clone();
+                    let keep = self.keep_blocks;
+                    Prefetch::Block(self.runtime.spawn(async move {
+                        if keep {
                             storage.read_block_if(&seg, &block, &filter).await
-                        }))
-                    }
-                    Some(Piece::Head(_)) => Prefetch::Head,
-                    None => break,
-                };
+                        } else {
+                            storage.read_block_through(&seg, &block, &filter).await
+                        }
+                    }))
+                }
+                Some(Piece::Head(_)) => Prefetch::Head,
+                None => break,
+            };
             self.prefetched.push_back(handle);
         }
     }
@@ -772,10 +830,24 @@ impl MergeReader {
                 .block_on(handle)
                 .map_err(|e| err(format!("block read failed: {e}")))?
                 .map_err(|e| err(e.to_string()))?,
-            (Piece::Block(seg, block, _), _) => self
-                .runtime
-                .block_on(self.storage.read_block_if(&seg, &block, &self.filter))
-                .map_err(|e| err(e.to_string()))?,
+            (Piece::Block(seg, block, _), _) => {
+                let here = (!self.keep_blocks)
+                    .then(|| self.storage.read_block_here(&seg, &block, &self.filter))
+                    .flatten();
+                let read = if let Some(read) = here {
+                    read
+                } else if self.keep_blocks {
+                    self.runtime
+                        .block_on(self.storage.read_block_if(&seg, &block, &self.filter))
+                } else {
+                    self.runtime.block_on(self.storage.read_block_through(
+                        &seg,
+                        &block,
+                        &self.filter,
+                    ))
+                };
+                read.map_err(|e| err(e.to_string()))?
+            }
         };
         // A skipped block holds no line that can pass the query's filters.
         if let Some(entries) = entries {
@@ -896,6 +968,7 @@ impl MergeReader {
                 start,
                 end,
                 origin,
+                cached: None,
             };
             return Ok(Some(batch));
         }
@@ -915,6 +988,7 @@ impl MergeReader {
                     start: c.lo,
                     end: c.hi,
                     origin: c.origin,
+                    cached: None,
                 }));
             }
             if self.pending.is_empty() {
@@ -1169,5 +1243,78 @@ mod flush_race_tests {
         }
         // Stream a's block, once per query; stream b's block is never whole.
         assert_eq!(storage.sample_cache().len(), queries.len());
+    }
+
+    /// Segment files under `dir`, for tests that damage them.
+    fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if p.extension().is_some_and(|x| x == "seg") {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// A metric query keeps the samples it made of whole stored blocks, not their decoded
+    /// entries, and runs again without reading those blocks: after the segment's bytes
+    /// are wiped, it still answers as before, while a log query, which must read them,
+    /// fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repeated_metric_query_reads_no_block_whose_samples_are_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, ingester) = open_store(dir.path(), Arc::new(SystemClock)).await;
+        let tenant = TenantId::new("fake").unwrap();
+        let now = SystemClock.now_ns();
+        let t0 = now - 600_000_000_000;
+        let labels = LabelSet::parse(r#"{app="a"}"#).unwrap();
+        let entries = (0..300)
+            .map(|i| Entry {
+                timestamp_ns: t0 + i * 1_000_000_000,
+                line: format!("level={} took={}ms", ["info", "error"][i as usize % 2], i),
+                structured_metadata: Vec::new(),
+            })
+            .collect();
+        ingester
+            .push(&tenant, vec![(labels, entries)])
+            .await
+            .unwrap();
+        ingester.flush_all().await.unwrap();
+        let limits = Arc::new(Limits::new(LimitsConfig::default()));
+        let querier = Querier::new(storage.clone(), ingester.clone(), limits);
+        let metric = query_lang::parse_expr(
+            r#"sum by (level) (count_over_time({app="a"} | logfmt | took > 10ms [1m]))"#,
+        )
+        .unwrap();
+        let params = QueryParams::range(t0 - 60_000_000_000, now, 60_000_000_000);
+        let (first, _) = querier
+            .query(&tenant, metric.clone(), params.clone())
+            .await
+            .unwrap();
+        assert_eq!(storage.cached_bytes(), 0, "decoded entries were cached");
+        assert!(!storage.sample_cache().is_empty(), "no samples were cached");
+        let files = segment_files(dir.path());
+        assert!(!files.is_empty());
+        for f in files {
+            let len = std::fs::metadata(&f).unwrap().len() as usize;
+            std::fs::write(&f, vec![0u8; len]).unwrap();
+        }
+        let (again, _) = querier
+            .query(&tenant, metric, params.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_string(&again).unwrap(),
+            serde_json::to_string(&first).unwrap()
+        );
+        let log = query_lang::parse_expr(r#"{app="a"}"#).unwrap();
+        let read = querier.query(&tenant, log, params).await;
+        assert!(read.is_err(), "the wiped block was still readable");
     }
 }

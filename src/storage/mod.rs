@@ -863,18 +863,84 @@ impl Storage {
         block: &BlockInfo,
         filter: &BlockFilter,
     ) -> Result<Option<Arc<Vec<Entry>>>, Error> {
-        let whole = (meta.id, block.offset, 0);
+        self.read_block_with(meta, block, filter, true).await
+    }
+
+    /// Like [`Self::read_block_if`], but a block not in the cache is not put there once
+    /// decoded: for a reader that keeps what it makes of the block elsewhere (a metric
+    /// query's samples). Filling the cache is most of the cost of a first read: every
+    /// decoded entry is freshly allocated memory the kernel must fault in and zero,
+    /// while entries dropped after use are memory the next block reuses.
+    pub async fn read_block_through(
+        &self,
+        meta: &Arc<SegmentMeta>,
+        block: &BlockInfo,
+        filter: &BlockFilter,
+    ) -> Result<Option<Arc<Vec<Entry>>>, Error> {
+        self.read_block_with(meta, block, filter, false).await
+    }
+
+    /// [`Self::read_block_through`] done on the calling thread, when the segment is a
+    /// local file (`None` otherwise: read it through the decode pool). For a caller
+    /// that drops the entries itself soon after: entries a thread allocates and frees
+    /// itself take the allocator's fast paths, and the next block reuses their memory
+    /// while it is still mapped, where entries decoded on the pool and freed by the
+    /// caller are each a cross-thread free and leave the pool's threads taking fresh
+    /// pages meanwhile.
+    pub fn read_block_here(
+        &self,
+        meta: &Arc<SegmentMeta>,
+        block: &BlockInfo,
+        filter: &BlockFilter,
+    ) -> Option<Result<Option<Arc<Vec<Entry>>>, Error>> {
+        let local = self.reader.local.clone()?;
+        if let Some(hit) = self.cached_block(meta, block, filter) {
+            return Some(Ok(hit));
+        }
+        let range = block.offset..block.offset + u64::from(block.len);
+        let entries = RAW.with(|raw| {
+            let mut raw = raw.borrow_mut();
+            let len = self.reader.read_local(&local, meta, range, &mut raw)?;
+            let out = decode_kept(raw.get(..len).unwrap_or_default(), meta, block, filter);
+            // A rare huge block must not pin its buffer in every thread for good.
+            if raw.capacity() > 4 << 20 {
+                *raw = Vec::new();
+            }
+            out
+        });
+        Some(entries.map(|e| (!e.is_empty() || filter.key == 0).then(|| Arc::new(e))))
+    }
+
+    /// A block's entries from the cache, whole or as kept by `filter` (`Some(None)`: the
+    /// filter skipped the block).
+    fn cached_block(
+        &self,
+        meta: &Arc<SegmentMeta>,
+        block: &BlockInfo,
+        filter: &BlockFilter,
+    ) -> Option<Option<Arc<Vec<Entry>>>> {
+        let mut cache = self.cache.lock();
+        if let Some(entries) = cache.get(&(meta.id, block.offset, 0)) {
+            return Some(Some(entries));
+        }
+        if filter.key != 0 {
+            if let Some(entries) = cache.get(&(meta.id, block.offset, filter.key)) {
+                return Some((!entries.is_empty()).then_some(entries));
+            }
+        }
+        None
+    }
+
+    async fn read_block_with(
+        &self,
+        meta: &Arc<SegmentMeta>,
+        block: &BlockInfo,
+        filter: &BlockFilter,
+        keep: bool,
+    ) -> Result<Option<Arc<Vec<Entry>>>, Error> {
         let kept = (meta.id, block.offset, filter.key);
-        {
-            let mut cache = self.cache.lock();
-            if let Some(entries) = cache.get(&whole) {
-                return Ok(Some(entries));
-            }
-            if filter.key != 0 {
-                if let Some(entries) = cache.get(&kept) {
-                    return Ok((!entries.is_empty()).then_some(entries));
-                }
-            }
+        if let Some(hit) = self.cached_block(meta, block, filter) {
+            return Ok(hit);
         }
         let (seg, info, f) = (meta.clone(), *block, filter.clone());
         let entries = self
@@ -883,9 +949,11 @@ impl Storage {
             })
             .await?;
         let entries = Arc::new(entries);
-        // The key and list cost something even when no entry is kept.
-        let size = 64 + decoded_size(&entries);
-        self.cache.lock().put(kept, entries.clone(), size);
+        if keep {
+            // The key and list cost something even when no entry is kept.
+            let size = 64 + decoded_size(&entries);
+            self.cache.lock().put(kept, entries.clone(), size);
+        }
         Ok((!entries.is_empty() || filter.key == 0).then_some(entries))
     }
 
@@ -965,6 +1033,11 @@ impl Storage {
                 })
             })
             .await?
+    }
+
+    /// Whether segments are local files (read with positioned reads, not requests).
+    pub fn is_local(&self) -> bool {
+        self.reader.local.is_some()
     }
 
     /// Bytes currently held by the decoded-block cache.
@@ -1064,6 +1137,56 @@ mod tests {
             })
             .collect();
         SealedBlock::seal(entries, 1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn blocks_read_on_the_calling_thread_are_those_the_pool_reads_and_stay_uncached() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(
+            &crate::testutil::store_config(dir.path(), 0),
+            Arc::new(crate::clock::SystemClock),
+        )
+        .await
+        .unwrap();
+        let tenant = TenantId::new("t").unwrap();
+        let chunks = vec![FlushChunk {
+            labels: LabelSet::parse(r#"{app="a"}"#).unwrap(),
+            blocks: vec![
+                block(&["GET /ok 200", "GET /ok 200"]),
+                block(&["GET /x 500 error", "GET /ok 200"]),
+            ],
+        }];
+        let seg = storage
+            .write_segment(&tenant, Day(20000), chunks, vec![], vec![])
+            .await
+            .unwrap();
+        let blocks = seg.footer.streams[0].chunks[0].blocks.clone();
+        let error = BlockFilter::new(vec![vec![Needle {
+            text: "error".to_string(),
+            ignore_ascii_case: false,
+        }]]);
+        let all = BlockFilter::default();
+        for b in &blocks {
+            for f in [&all, &error] {
+                let here = storage.read_block_here(&seg, b, f).unwrap().unwrap();
+                let pool = storage.read_block_through(&seg, b, f).await.unwrap();
+                assert_eq!(here.as_deref(), pool.as_deref());
+            }
+        }
+        assert_eq!(storage.cached_bytes(), 0, "a read-through block was cached");
+        // A cached block is taken from the cache, not read again.
+        let cached = storage.read_block(&seg, &blocks[1]).await.unwrap();
+        let here = storage.read_block_here(&seg, &blocks[1], &all);
+        assert!(Arc::ptr_eq(&cached, &here.unwrap().unwrap().unwrap()));
+        // Segments that are not local files are left to the decode pool.
+        let remote = Storage::with_object_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            1 << 20,
+            Arc::new(crate::clock::SystemClock),
+        )
+        .await
+        .unwrap();
+        assert!(remote.read_block_here(&seg, &blocks[0], &all).is_none());
     }
 
     #[tokio::test]

@@ -150,6 +150,7 @@ pub(crate) fn eval_log(
     let req = SelectRequest {
         count_edges: None,
         any_order: false,
+        samples: None,
         matchers: &sel.matchers,
         start_ns: params.start_ns,
         end_ns: params.end_ns,

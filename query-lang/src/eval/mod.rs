@@ -17,7 +17,7 @@ mod variants;
 mod vector;
 
 pub use result::{EntryLabels, LogEntry, Point, QueryResult, Sample, Series, Stream};
-pub use sample_cache::{BlockOrigin, SampleCache};
+pub use sample_cache::{BlockOrigin, CachedSamples, SampleCache, SampleKey};
 pub use source::{
     required_substrings, BatchIter, BlockCount, Direction, EntryBatch, InMemorySource, LogSource,
     Needle, SelectRequest, SourceError, StreamData,

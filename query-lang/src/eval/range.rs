@@ -13,7 +13,7 @@ use std::sync::Arc;
 use lode_push::{Entry, LabelSet};
 
 use super::log_query::{leading_line_filters, print_labels};
-use super::sample_cache::{BlockSamples, CachedSeries, SampleCache};
+use super::sample_cache::{BlockSamples, CachedSamples, CachedSeries, SampleCache, SampleKey};
 use super::source::{Direction, LogSource, SelectRequest, StreamData};
 use super::{EvalError, QueryParams};
 use crate::log::conversion::{parse_bytes, parse_duration_seconds, parse_float};
@@ -239,17 +239,6 @@ pub(crate) fn eval_range_agg(
     } else {
         Vec::new()
     };
-    let req = SelectRequest {
-        matchers: &lr.selector.matchers,
-        start_ns: from.saturating_add(1),
-        end_ns: to.saturating_add(1),
-        direction: Direction::Forward,
-        line_filters: &hints,
-        count_edges: countable.then_some(edges.as_slice()),
-        // Samples are sorted per series before windows are swept.
-        any_order: true,
-    };
-    let streams = ctx.source.select(&req)?;
     let absent = agg.op == RangeOp::AbsentOverTime;
     let job = StreamJob {
         agg,
@@ -271,24 +260,30 @@ pub(crate) fn eval_range_agg(
             .source
             .sample_cache()
             .filter(|c| c.enabled())
-            .map(|cache| {
-                let extraction: Arc<str> = format!(
-                    "{agg:?}|{grouping:?}|{wanted:?}|{}|{}|{}",
-                    job.preserve, job.absent, job.simple
-                )
-                .into();
-                let hash = {
-                    use std::hash::BuildHasher;
-                    foldhash::fast::FixedState::with_seed(0x6c6f6465).hash_one(&*extraction)
-                };
-                JobCache {
-                    cache,
-                    hash,
-                    extraction,
-                }
+            .map(|cache| JobCache {
+                cache,
+                key: SampleKey::new(
+                    format!(
+                        "{agg:?}|{grouping:?}|{wanted:?}|{}|{}|{}",
+                        job.preserve, job.absent, job.simple
+                    )
+                    .into(),
+                ),
             }),
         ..job
     };
+    let req = SelectRequest {
+        matchers: &lr.selector.matchers,
+        start_ns: from.saturating_add(1),
+        end_ns: to.saturating_add(1),
+        direction: Direction::Forward,
+        line_filters: &hints,
+        count_edges: countable.then_some(edges.as_slice()),
+        // Samples are sorted per series before windows are swept.
+        any_order: true,
+        samples: job.cache.as_ref().map(|c| &c.key),
+    };
+    let streams = ctx.source.select(&req)?;
     let series = collect_parallel(streams, &job)?;
     if absent {
         return Ok(absent_matrix(agg, &series, grid, lr.range, lr.offset));
@@ -339,11 +334,10 @@ struct StreamJob<'a> {
     cache: Option<JobCache<'a>>,
 }
 
-/// The sample cache as one range aggregation uses it: its extraction and that's hash.
+/// The sample cache as one range aggregation uses it, with its extraction's key.
 struct JobCache<'a> {
     cache: &'a SampleCache,
-    hash: u64,
-    extraction: Arc<str>,
+    key: SampleKey,
 }
 
 /// Samples of the series seen so far, keyed by their labels.
@@ -459,14 +453,21 @@ fn collect_stream(
     for batch in stream.batches {
         let batch = batch?;
         if let (Some(cache), Some(origin)) = (&job.cache, batch.origin) {
-            let samples = match cache.cache.get(origin, cache.hash, &cache.extraction) {
+            // A batch the store answered from the cache has no entries to read.
+            let found = match &batch.cached {
+                Some(CachedSamples(hit)) => Some(hit.clone()),
+                None => cache
+                    .cache
+                    .get(origin, cache.key.hash, &cache.key.extraction),
+            };
+            let samples = match found {
                 Some(hit) => Some(hit),
                 None => {
                     let built =
                         block_samples(batch.as_slice(), job, pipeline, &stream_labels, &stream_key)
-                            .map(|s| Arc::new(BlockSamples::new(cache.extraction.clone(), s)));
+                            .map(|s| Arc::new(BlockSamples::new(cache.key.extraction.clone(), s)));
                     if let Some(b) = &built {
-                        cache.cache.put(origin, cache.hash, b.clone());
+                        cache.cache.put(origin, cache.key.hash, b.clone());
                     }
                     built
                 }

@@ -66,6 +66,28 @@ impl BlockSamples {
     }
 }
 
+/// The extraction a range aggregation caches whole blocks' samples under, as a store
+/// may look it up (see [`SampleCache::lookup`]): the extraction's text and its hash.
+#[derive(Clone, Debug)]
+pub struct SampleKey {
+    pub(crate) hash: u64,
+    pub(crate) extraction: Arc<str>,
+}
+
+impl SampleKey {
+    pub(crate) fn new(extraction: Arc<str>) -> Self {
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::with_seed(0x6c6f6465).hash_one(&*extraction);
+        SampleKey { hash, extraction }
+    }
+}
+
+/// The samples one whole block gave under one extraction, found in the cache by a store
+/// and handed to the engine instead of the block's entries (see
+/// [`super::EntryBatch::cached`]); holding it keeps them alive whatever the cache evicts.
+#[derive(Clone, Debug)]
+pub struct CachedSamples(pub(crate) Arc<BlockSamples>);
+
 type Key = (BlockOrigin, u64);
 
 struct Inner {
@@ -129,6 +151,13 @@ impl SampleCache {
         let mut inner = self.inner.lock().ok()?;
         let (samples, _) = inner.lru.get(&(origin, hash))?;
         (*samples.extraction == *extraction).then(|| samples.clone())
+    }
+
+    /// The samples of the whole block `origin` under `key`, when held: a store may then
+    /// hand them to the engine instead of reading the block.
+    pub fn lookup(&self, origin: BlockOrigin, key: &SampleKey) -> Option<CachedSamples> {
+        self.get(origin, key.hash, &key.extraction)
+            .map(CachedSamples)
     }
 
     pub(crate) fn put(&self, origin: BlockOrigin, hash: u64, samples: Arc<BlockSamples>) {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use lode_push::{Entry, LabelSet};
 
-use super::sample_cache::{BlockOrigin, SampleCache};
+use super::sample_cache::{BlockOrigin, CachedSamples, SampleCache, SampleKey};
 use crate::syntax::ast::LineFilter;
 use crate::Matcher;
 
@@ -52,6 +52,13 @@ pub struct SelectRequest<'a> {
     /// that no other piece can hold copies of whole and unmerged, each with its
     /// [`EntryBatch::origin`].
     pub any_order: bool,
+    /// Set by a range aggregation that remembers whole blocks' samples in the source's
+    /// [`SampleCache`] under this key: for a whole block (one that would carry an
+    /// [`EntryBatch::origin`]) whose samples [`SampleCache::lookup`] finds, a store may
+    /// hand a batch of those samples ([`EntryBatch::from_samples`]) instead of reading the
+    /// block; and since the samples of every block it does read are cached, it need not
+    /// keep those blocks' decoded entries for later.
+    pub samples: Option<&'a SampleKey>,
 }
 
 /// Lines and line bytes of entries carrying one structured-metadata set in one span of
@@ -119,6 +126,10 @@ pub struct EntryBatch {
     /// that can pass the request's line filters): the engine may then remember what its
     /// pipeline made of it (see [`SampleCache`]).
     pub origin: Option<BlockOrigin>,
+    /// Set (with no entries, and `origin` set) when the store found the samples the
+    /// request's [`SelectRequest::samples`] extraction made of the whole block `origin`
+    /// and did not read the block.
+    pub cached: Option<CachedSamples>,
 }
 
 impl EntryBatch {
@@ -130,6 +141,19 @@ impl EntryBatch {
             start: 0,
             end,
             origin: None,
+            cached: None,
+        }
+    }
+
+    /// A batch standing for the whole block `origin`, unread: its samples under the
+    /// request's extraction, as [`SampleCache::lookup`] found them.
+    pub fn from_samples(origin: BlockOrigin, samples: CachedSamples) -> Self {
+        EntryBatch {
+            entries: Arc::new(Vec::new()),
+            start: 0,
+            end: 0,
+            origin: Some(origin),
+            cached: Some(samples),
         }
     }
 
@@ -253,6 +277,7 @@ impl LogSource for InMemorySource {
                     start,
                     end,
                     origin: None,
+                    cached: None,
                 })
             });
             out.push(StreamData {
@@ -335,6 +360,7 @@ mod tests {
         let req = SelectRequest {
             count_edges: None,
             any_order: false,
+            samples: None,
             matchers: &m,
             start_ns: 1,
             end_ns: 3,

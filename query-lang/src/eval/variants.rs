@@ -50,6 +50,7 @@ impl LogSource for ScannedSource {
                 start: lo,
                 end: hi,
                 origin: None,
+                cached: None,
             };
             out.push(StreamData {
                 labels: labels.clone(),
@@ -81,6 +82,7 @@ fn scan(
         line_filters: &hints,
         count_edges: None,
         any_order: false,
+        samples: None,
     };
     let mut index: HashMap<Labels, usize> = HashMap::new();
     let mut out: Vec<(Labels, Vec<Entry>)> = Vec::new();
