@@ -1278,7 +1278,7 @@ mod flush_race_tests {
             .map(|i| Entry {
                 timestamp_ns: t0 + i * 1_000_000_000,
                 line: format!("level={} took={}ms", ["info", "error"][i as usize % 2], i),
-                structured_metadata: Vec::new(),
+                structured_metadata: Default::default(),
             })
             .collect();
         ingester
