@@ -499,8 +499,11 @@ impl LogSource for TenantSource {
                 .dropping_before(self.cutoff_ns)
             };
             // Whole blocks read for a query that caches their samples are not kept in
-            // the decoded-block cache: the samples are what a later run reuses.
-            let keep_whole = req.samples.is_none();
+            // the decoded-block cache: the samples are what a later run reuses. Under a
+            // substring filter most blocks are skipped, leaving no samples to reuse; they
+            // are read ahead on the decode pool as before, which a rerun needs (reading
+            // them here, one by one, made a rerun of `rate(... |= "error")` 4x slower).
+            let keep_whole = req.samples.is_none() || !filter.is_empty();
             let batches: BatchIter = if whole.is_empty() && cached.is_empty() {
                 Box::new(reader(pieces, true))
             } else {
