@@ -1248,6 +1248,42 @@ mod flush_race_tests {
         assert_eq!(storage.sample_cache().len(), queries.len());
     }
 
+    /// A store holding one flushed stream `{app="a"}` of 300 logfmt lines over the last
+    /// ten minutes, a querier over it, and a range covering them at 1m steps.
+    struct Flushed {
+        storage: Arc<Storage>,
+        querier: Querier,
+        tenant: TenantId,
+        params: QueryParams,
+    }
+
+    async fn flushed_logfmt_stream(dir: &std::path::Path) -> Flushed {
+        let (storage, ingester) = open_store(dir, Arc::new(SystemClock)).await;
+        let tenant = TenantId::new("fake").unwrap();
+        let now = SystemClock.now_ns();
+        let t0 = now - 600_000_000_000;
+        let labels = LabelSet::parse(r#"{app="a"}"#).unwrap();
+        let entries = (0..300)
+            .map(|i| Entry {
+                timestamp_ns: t0 + i * 1_000_000_000,
+                line: format!("level={} took={}ms", ["info", "error"][i as usize % 2], i),
+                structured_metadata: Default::default(),
+            })
+            .collect();
+        ingester
+            .push(&tenant, vec![(labels, entries)])
+            .await
+            .unwrap();
+        ingester.flush_all().await.unwrap();
+        let limits = Arc::new(Limits::new(LimitsConfig::default()));
+        Flushed {
+            querier: Querier::new(storage.clone(), ingester, limits),
+            storage,
+            tenant,
+            params: QueryParams::range(t0 - 60_000_000_000, now, 60_000_000_000),
+        }
+    }
+
     /// Segment files under `dir`, for tests that damage them.
     fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         let mut out = Vec::new();
@@ -1272,30 +1308,16 @@ mod flush_race_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_repeated_metric_query_reads_no_block_whose_samples_are_cached() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, ingester) = open_store(dir.path(), Arc::new(SystemClock)).await;
-        let tenant = TenantId::new("fake").unwrap();
-        let now = SystemClock.now_ns();
-        let t0 = now - 600_000_000_000;
-        let labels = LabelSet::parse(r#"{app="a"}"#).unwrap();
-        let entries = (0..300)
-            .map(|i| Entry {
-                timestamp_ns: t0 + i * 1_000_000_000,
-                line: format!("level={} took={}ms", ["info", "error"][i as usize % 2], i),
-                structured_metadata: Default::default(),
-            })
-            .collect();
-        ingester
-            .push(&tenant, vec![(labels, entries)])
-            .await
-            .unwrap();
-        ingester.flush_all().await.unwrap();
-        let limits = Arc::new(Limits::new(LimitsConfig::default()));
-        let querier = Querier::new(storage.clone(), ingester.clone(), limits);
+        let Flushed {
+            storage,
+            querier,
+            tenant,
+            params,
+        } = flushed_logfmt_stream(dir.path()).await;
         let metric = query_lang::parse_expr(
             r#"sum by (level) (count_over_time({app="a"} | logfmt | took > 10ms [1m]))"#,
         )
         .unwrap();
-        let params = QueryParams::range(t0 - 60_000_000_000, now, 60_000_000_000);
         let (first, _) = querier
             .query(&tenant, metric.clone(), params.clone())
             .await
@@ -1328,26 +1350,12 @@ mod flush_race_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_filtered_metric_query_reads_blocks_through_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, ingester) = open_store(dir.path(), Arc::new(SystemClock)).await;
-        let tenant = TenantId::new("fake").unwrap();
-        let now = SystemClock.now_ns();
-        let t0 = now - 600_000_000_000;
-        let labels = LabelSet::parse(r#"{app="a"}"#).unwrap();
-        let entries = (0..300)
-            .map(|i| Entry {
-                timestamp_ns: t0 + i * 1_000_000_000,
-                line: format!("level={} took={}ms", ["info", "error"][i as usize % 2], i),
-                structured_metadata: Default::default(),
-            })
-            .collect();
-        ingester
-            .push(&tenant, vec![(labels, entries)])
-            .await
-            .unwrap();
-        ingester.flush_all().await.unwrap();
-        let limits = Arc::new(Limits::new(LimitsConfig::default()));
-        let querier = Querier::new(storage.clone(), ingester.clone(), limits);
-        let params = QueryParams::range(t0 - 60_000_000_000, now, 60_000_000_000);
+        let Flushed {
+            storage,
+            querier,
+            tenant,
+            params,
+        } = flushed_logfmt_stream(dir.path()).await;
         let unfiltered =
             query_lang::parse_expr(r#"sum(count_over_time({app="a"} | logfmt [1m]))"#).unwrap();
         querier

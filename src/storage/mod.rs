@@ -1139,15 +1139,8 @@ mod tests {
         SealedBlock::seal(entries, 1).unwrap()
     }
 
-    #[tokio::test]
-    async fn blocks_read_on_the_calling_thread_are_those_the_pool_reads_and_stay_uncached() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(
-            &crate::testutil::store_config(dir.path(), 0),
-            Arc::new(crate::clock::SystemClock),
-        )
-        .await
-        .unwrap();
+    /// A segment of one stream with two blocks, the second alone holding "error".
+    async fn two_block_segment(storage: &Storage) -> (Arc<SegmentMeta>, Vec<BlockInfo>) {
         let tenant = TenantId::new("t").unwrap();
         let chunks = vec![FlushChunk {
             labels: LabelSet::parse(r#"{app="a"}"#).unwrap(),
@@ -1161,6 +1154,19 @@ mod tests {
             .await
             .unwrap();
         let blocks = seg.footer.streams[0].chunks[0].blocks.clone();
+        (seg, blocks)
+    }
+
+    #[tokio::test]
+    async fn blocks_read_on_the_calling_thread_are_those_the_pool_reads_and_stay_uncached() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(
+            &crate::testutil::store_config(dir.path(), 0),
+            Arc::new(crate::clock::SystemClock),
+        )
+        .await
+        .unwrap();
+        let (seg, blocks) = two_block_segment(&storage).await;
         let error = BlockFilter::new(vec![vec![Needle {
             text: "error".to_string(),
             ignore_ascii_case: false,
@@ -1198,19 +1204,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let tenant = TenantId::new("t").unwrap();
-        let chunks = vec![FlushChunk {
-            labels: LabelSet::parse(r#"{app="a"}"#).unwrap(),
-            blocks: vec![
-                block(&["GET /ok 200", "GET /ok 200"]),
-                block(&["GET /x 500 error", "GET /ok 200"]),
-            ],
-        }];
-        let seg = storage
-            .write_segment(&tenant, Day(20000), chunks, vec![], vec![])
-            .await
-            .unwrap();
-        let blocks = seg.footer.streams[0].chunks[0].blocks.clone();
+        let (seg, blocks) = two_block_segment(&storage).await;
         let needle = |t: &str| Needle {
             text: t.to_string(),
             ignore_ascii_case: false,
