@@ -436,6 +436,27 @@ thread_local! {
     static RAW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` over one block's bytes read from a local segment file into this thread's
+/// reusable buffer.
+fn on_local_block<R>(
+    reader: &SegmentReader,
+    local: &object_store::local::LocalFileSystem,
+    meta: &SegmentMeta,
+    range: std::ops::Range<u64>,
+    f: impl FnOnce(&[u8]) -> Result<R, Error>,
+) -> Result<R, Error> {
+    RAW.with(|raw| {
+        let mut raw = raw.borrow_mut();
+        let len = reader.read_local(local, meta, range, &mut raw)?;
+        let out = f(raw.get(..len).unwrap_or_default());
+        // A rare huge block must not pin its buffer in every thread for good.
+        if raw.capacity() > 4 << 20 {
+            *raw = Vec::new();
+        }
+        out
+    })
+}
+
 fn decoded_size(entries: &[Entry]) -> usize {
     entries
         .iter()
@@ -898,15 +919,8 @@ impl Storage {
             return Some(Ok(hit));
         }
         let range = block.offset..block.offset + u64::from(block.len);
-        let entries = RAW.with(|raw| {
-            let mut raw = raw.borrow_mut();
-            let len = self.reader.read_local(&local, meta, range, &mut raw)?;
-            let out = decode_kept(raw.get(..len).unwrap_or_default(), meta, block, filter);
-            // A rare huge block must not pin its buffer in every thread for good.
-            if raw.capacity() > 4 << 20 {
-                *raw = Vec::new();
-            }
-            out
+        let entries = on_local_block(&self.reader, &local, meta, range, |bytes| {
+            decode_kept(bytes, meta, block, filter)
         });
         Some(entries.map(|e| (!e.is_empty() || filter.key == 0).then(|| Arc::new(e))))
     }
@@ -1020,18 +1034,7 @@ impl Storage {
         };
         let (reader, seg) = (self.reader.clone(), meta.clone());
         self.pool
-            .run(move || {
-                RAW.with(|raw| {
-                    let mut raw = raw.borrow_mut();
-                    let len = reader.read_local(&local, &seg, range, &mut raw)?;
-                    let out = f(raw.get(..len).unwrap_or_default());
-                    // A rare huge block must not pin its buffer in every thread for good.
-                    if raw.capacity() > 4 << 20 {
-                        *raw = Vec::new();
-                    }
-                    out
-                })
-            })
+            .run(move || on_local_block(&reader, &local, &seg, range, f))
             .await?
     }
 
