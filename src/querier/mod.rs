@@ -792,11 +792,7 @@ impl MergeReader {
                     let filter = self.filter.clone();
                     let keep = self.keep_blocks;
                     Prefetch::Block(self.runtime.spawn(async move {
-                        if keep {
-                            storage.read_block_if(&seg, &block, &filter).await
-                        } else {
-                            storage.read_block_through(&seg, &block, &filter).await
-                        }
+                        storage.read_block_with(&seg, &block, &filter, keep).await
                     }))
                 }
                 Some(Piece::Head(_)) => Prefetch::Head,
@@ -837,17 +833,14 @@ impl MergeReader {
                 let here = (!self.keep_blocks)
                     .then(|| self.storage.read_block_here(&seg, &block, &self.filter))
                     .flatten();
-                let read = if let Some(read) = here {
-                    read
-                } else if self.keep_blocks {
-                    self.runtime
-                        .block_on(self.storage.read_block_if(&seg, &block, &self.filter))
-                } else {
-                    self.runtime.block_on(self.storage.read_block_through(
+                let read = match here {
+                    Some(read) => read,
+                    None => self.runtime.block_on(self.storage.read_block_with(
                         &seg,
                         &block,
                         &self.filter,
-                    ))
+                        self.keep_blocks,
+                    )),
                 };
                 read.map_err(|e| err(e.to_string()))?
             }

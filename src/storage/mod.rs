@@ -945,7 +945,8 @@ impl Storage {
         None
     }
 
-    async fn read_block_with(
+    /// [`Self::read_block_if`] when `keep`, else [`Self::read_block_through`].
+    pub async fn read_block_with(
         &self,
         meta: &Arc<SegmentMeta>,
         block: &BlockInfo,
