@@ -439,10 +439,7 @@ impl LogSource for TenantSource {
                     if block.meta.min_ts < self.cutoff_ns {
                         return true;
                     }
-                    let origin = BlockOrigin {
-                        object: seg.id.0,
-                        offset: block.offset,
-                    };
+                    let origin = block_origin(seg, block);
                     match samples.lookup(origin, key) {
                         Some(hit) => {
                             self.processed
@@ -526,6 +523,14 @@ impl LogSource for TenantSource {
 
     fn sample_cache(&self) -> Option<&SampleCache> {
         Some(self.storage.sample_cache())
+    }
+}
+
+/// A stored block's identity in the sample cache and in the batches handed to the engine.
+fn block_origin(seg: &SegmentMeta, block: &BlockInfo) -> BlockOrigin {
+    BlockOrigin {
+        object: seg.id.0,
+        offset: block.offset,
     }
 }
 
@@ -814,10 +819,7 @@ impl MergeReader {
         if let Piece::Block(seg, block, _) = &piece {
             self.processed
                 .add_read(u64::from(block.meta.count), block.meta.raw_bytes);
-            origin = Some(BlockOrigin {
-                object: seg.id.0,
-                offset: block.offset,
-            });
+            origin = Some(block_origin(seg, block));
         }
         let entries = match (piece, started) {
             (Piece::Head(e), _) => {
