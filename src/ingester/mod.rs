@@ -427,16 +427,23 @@ impl Seen {
 
     /// The keys of `ordered` with timestamp `ts`.
     fn same_ts(&self, ts: i64) -> &[(i64, u64)] {
+        self.ordered.get(self.same_ts_range(ts)).unwrap_or_default()
+    }
+
+    /// Where the keys of `ordered` with timestamp `ts` are.
+    fn same_ts_range(&self, ts: i64) -> std::ops::Range<usize> {
         let from = self.ordered.partition_point(|&(t, _)| t < ts);
-        let rest = self.ordered.get(from..).unwrap_or_default();
-        rest.get(..rest.partition_point(|&(t, _)| t == ts))
-            .unwrap_or_default()
+        from..self.ordered.partition_point(|&(t, _)| t <= ts)
     }
 
     /// Removes one key (a reservation whose WAL append failed).
     fn remove(&mut self, ts: i64, h: u64) {
-        let from = self.ordered.partition_point(|&(t, _)| t < ts);
-        let at = self.same_ts(ts).iter().position(|&(_, x)| x == h);
+        let range = self.same_ts_range(ts);
+        let from = range.start;
+        let at = self
+            .ordered
+            .get(range)
+            .and_then(|keys| keys.iter().position(|&(_, x)| x == h));
         match at {
             Some(i) => {
                 self.ordered.remove(from + i);
