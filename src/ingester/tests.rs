@@ -522,16 +522,7 @@ async fn a_memory_bound_flushes_sealed_blocks_early_and_keeps_the_open_head() {
         numbered(18, 4)
     );
     ing.flush_all().await.unwrap();
-    let mut all = Vec::new();
-    for seg in storage.segments(&tenant()) {
-        for c in &seg.footer.streams[0].chunks {
-            for b in &c.blocks {
-                all.extend(storage.read_block(&seg, b).await.unwrap().iter().cloned());
-            }
-        }
-    }
-    all.sort_by_key(|e| e.timestamp_ns);
-    assert_eq!(all, numbered(0, 22));
+    assert_eq!(stored_entries(&storage).await, numbered(0, 22));
 }
 
 #[tokio::test]
