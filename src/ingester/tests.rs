@@ -297,11 +297,7 @@ fn numbered(from: i64, n: i64) -> Vec<Entry> {
 #[tokio::test]
 async fn head_blocks_are_cut_at_block_size_and_reads_still_see_every_entry() {
     let f = Fixture::new();
-    let cfg = IngesterConfig {
-        chunk_block_size: 200,
-        ..IngesterConfig::default()
-    };
-    let (ing, storage) = f.open(cfg).await;
+    let (ing, storage) = f.open(small_blocks()).await;
     ing.push(&tenant(), vec![(labels("api"), numbered(0, 20))])
         .await
         .unwrap();
@@ -528,11 +524,7 @@ async fn a_memory_bound_flushes_sealed_blocks_early_and_keeps_the_open_head() {
 #[tokio::test]
 async fn structured_metadata_counts_toward_the_block_size() {
     let f = Fixture::new();
-    let cfg = IngesterConfig {
-        chunk_block_size: 200,
-        ..IngesterConfig::default()
-    };
-    let (ing, storage) = f.open(cfg).await;
+    let (ing, storage) = f.open(small_blocks()).await;
     // Empty lines with 100 bytes of metadata each: without counting the metadata the head
     // block would never reach the block size.
     let entries: Vec<Entry> = (0..10)
@@ -557,11 +549,7 @@ async fn structured_metadata_counts_toward_the_block_size() {
 #[tokio::test]
 async fn a_pressure_wake_up_under_the_bound_writes_nothing() {
     let f = Fixture::new();
-    let cfg = IngesterConfig {
-        chunk_block_size: 200,
-        ..IngesterConfig::default()
-    };
-    let (ing, storage) = f.open(cfg).await;
+    let (ing, storage) = f.open(small_blocks()).await;
     ing.push(&tenant(), vec![(labels("api"), numbered(0, 20))])
         .await
         .unwrap();
@@ -569,6 +557,14 @@ async fn a_pressure_wake_up_under_the_bound_writes_nothing() {
     // during a flush that already brought memory down) must not write a tiny segment.
     ing.flush_sealed().await.unwrap();
     assert!(storage.segments(&tenant()).is_empty());
+}
+
+/// Head blocks cut every 200 raw bytes: a few short lines each.
+fn small_blocks() -> IngesterConfig {
+    IngesterConfig {
+        chunk_block_size: 200,
+        ..IngesterConfig::default()
+    }
 }
 
 /// Cuts head blocks the way a push does before it compresses them (under the lock,
@@ -603,11 +599,7 @@ async fn stored_entries(storage: &Storage) -> Vec<Entry> {
 #[tokio::test]
 async fn blocks_being_sealed_stay_readable_and_join_their_chunk_in_cut_order() {
     let f = Fixture::new();
-    let cfg = IngesterConfig {
-        chunk_block_size: 200,
-        ..IngesterConfig::default()
-    };
-    let (ing, storage) = f.open(cfg).await;
+    let (ing, storage) = f.open(small_blocks()).await;
     // 20 lines of 36 bytes: three blocks of 6 cut, two lines in the head block.
     let mut jobs = cut_without_sealing(&ing, numbered(0, 20));
     assert_eq!(jobs.len(), 3);
@@ -641,11 +633,7 @@ async fn blocks_being_sealed_stay_readable_and_join_their_chunk_in_cut_order() {
 #[tokio::test]
 async fn a_flush_while_a_block_is_being_sealed_stores_its_entries_once() {
     let f = Fixture::new();
-    let cfg = IngesterConfig {
-        chunk_block_size: 200,
-        ..IngesterConfig::default()
-    };
-    let (ing, storage) = f.open(cfg).await;
+    let (ing, storage) = f.open(small_blocks()).await;
     let jobs = cut_without_sealing(&ing, numbered(0, 8));
     assert_eq!(jobs.len(), 1);
     // The flush seals the pending block itself; the push's late block is then dropped.
