@@ -1130,6 +1130,17 @@ mod tests {
     use lode_push::LabelSet;
     use segment::FlushChunk;
 
+    /// A store over an in-memory object store with a 1 MiB block cache.
+    pub(super) async fn memory_store() -> Arc<Storage> {
+        Storage::with_object_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            1 << 20,
+            Arc::new(crate::clock::SystemClock),
+        )
+        .await
+        .unwrap()
+    }
+
     fn block(lines: &[&str]) -> SealedBlock {
         let entries = lines
             .iter()
@@ -1189,25 +1200,13 @@ mod tests {
         let here = storage.read_block_here(&seg, &blocks[1], &all);
         assert!(Arc::ptr_eq(&cached, &here.unwrap().unwrap().unwrap()));
         // Segments that are not local files are left to the decode pool.
-        let remote = Storage::with_object_store(
-            Arc::new(object_store::memory::InMemory::new()),
-            1 << 20,
-            Arc::new(crate::clock::SystemClock),
-        )
-        .await
-        .unwrap();
+        let remote = tests::memory_store().await;
         assert!(remote.read_block_here(&seg, &blocks[0], &all).is_none());
     }
 
     #[tokio::test]
     async fn filtered_reads_skip_blocks_without_the_substring_and_keep_cached_ones() {
-        let storage = Storage::with_object_store(
-            Arc::new(object_store::memory::InMemory::new()),
-            1 << 20,
-            Arc::new(crate::clock::SystemClock),
-        )
-        .await
-        .unwrap();
+        let storage = tests::memory_store().await;
         let (seg, blocks) = two_block_segment(&storage).await;
         let needle = |t: &str| Needle {
             text: t.to_string(),
@@ -1272,13 +1271,7 @@ mod count_tests {
 
     #[tokio::test]
     async fn counts_from_cached_columns_equal_counts_from_the_block_until_it_is_forgotten() {
-        let storage = Storage::with_object_store(
-            Arc::new(object_store::memory::InMemory::new()),
-            1 << 20,
-            Arc::new(crate::clock::SystemClock),
-        )
-        .await
-        .unwrap();
+        let storage = tests::memory_store().await;
         let tenant = TenantId::new("t").unwrap();
         let entries: Vec<Entry> = (0..400)
             .map(|i| Entry {
