@@ -10,6 +10,7 @@ pub mod entry;
 pub mod json;
 pub mod labels;
 pub mod proto;
+mod wire;
 
 pub use entry::{
     Entry, Metadata, MetadataInterner, PushRequest, PushStream, DETECTED_LEVEL, LEVELS,

@@ -161,8 +161,7 @@ impl From<&PushRequest> for PushRequestProto {
 
 /// Decodes an uncompressed protobuf `PushRequest`.
 pub fn decode_protobuf(body: &[u8]) -> Result<PushRequest, DecodeError> {
-    let proto = PushRequestProto::decode(body).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-    Ok(proto.into())
+    crate::wire::decode(body)
 }
 
 /// Encodes a `PushRequest` as uncompressed protobuf.
