@@ -9,6 +9,13 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(String);
 
+/// For maps that clone a borrowed key only when inserting it (hashbrown's `entry_ref`).
+impl From<&TenantId> for TenantId {
+    fn from(t: &TenantId) -> Self {
+        t.clone()
+    }
+}
+
 /// The tenant every request acts as when `auth_enabled` is false, as in Loki.
 pub const DEFAULT_TENANT: &str = "fake";
 

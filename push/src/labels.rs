@@ -14,6 +14,13 @@ use std::fmt;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LabelSet(Vec<(String, String)>);
 
+/// For maps that clone a borrowed key only when inserting it (hashbrown's `entry_ref`).
+impl From<&LabelSet> for LabelSet {
+    fn from(l: &LabelSet) -> Self {
+        l.clone()
+    }
+}
+
 /// Why a label-set string could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LabelError {

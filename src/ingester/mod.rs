@@ -152,6 +152,8 @@ pub enum Error {
     Storage(#[from] crate::storage::Error),
     #[error("{0}")]
     Config(String),
+    #[error("cannot start the sealing threads: {0}")]
+    Sealer(String),
 }
 
 /// The entries one push accepted for one stream, as live tails see them.
@@ -354,6 +356,34 @@ struct Pending {
     sealed: Option<SealedBlock>,
 }
 
+/// Most head blocks cut by pushes that may wait for the sealing pool at once.
+const SEAL_QUEUE_BLOCKS: u32 = 32;
+
+/// The threads that compress cut head blocks, and the bound on blocks waiting for them.
+struct Sealer {
+    pool: rayon_core::ThreadPool,
+    /// One permit per block queued or being sealed.
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Sealer {
+    fn new() -> Result<Sealer, Error> {
+        // Compression is about a fifth of ingest CPU: half the cores are plenty.
+        let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        let pool = rayon_core::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("lode-seal-{i}"))
+            // A panicking job drops its permit; its entries stay pending for the flush.
+            .panic_handler(|_| {})
+            .build()
+            .map_err(|e| Error::Sealer(e.to_string()))?;
+        Ok(Sealer {
+            pool,
+            permits: Arc::new(tokio::sync::Semaphore::new(SEAL_QUEUE_BLOCKS as usize)),
+        })
+    }
+}
+
 /// A pending block for the push that cut it to seal once the heads lock is released.
 struct SealJob {
     day: Day,
@@ -495,7 +525,8 @@ struct Arriving {
 /// seals them after releasing it ([`Pending`]).
 #[derive(Default)]
 struct Heads {
-    tenants: HashMap<TenantId, HashMap<LabelSet, StreamHead>>,
+    /// hashbrown's map for `entry_ref`: a stream's keys are cloned only on its first push.
+    tenants: hashbrown::HashMap<TenantId, hashbrown::HashMap<LabelSet, StreamHead>>,
     next_chunk_id: u64,
     next_seal_id: u64,
     /// Compressed bytes of every sealed block held, in open and closed chunks.
@@ -523,11 +554,7 @@ impl Heads {
             next_seal_id,
             ..
         } = self;
-        let stream = tenants
-            .entry(tenant.clone())
-            .or_default()
-            .entry(labels.clone())
-            .or_insert_with(StreamHead::new);
+        let stream = stream_head(tenants, tenant, labels);
         let mut reserved = reserved.map(Vec::into_iter);
         for e in entries {
             let e_ts = e.timestamp_ns;
@@ -621,6 +648,19 @@ impl Heads {
     }
 }
 
+/// The head of a tenant's stream, made on its first entry (cloning the keys only then).
+fn stream_head<'a>(
+    tenants: &'a mut hashbrown::HashMap<TenantId, hashbrown::HashMap<LabelSet, StreamHead>>,
+    tenant: &TenantId,
+    labels: &LabelSet,
+) -> &'a mut StreamHead {
+    tenants
+        .entry_ref(tenant)
+        .or_default()
+        .entry_ref(labels)
+        .or_insert_with(StreamHead::new)
+}
+
 /// The oldest and newest timestamps of `entries`, for the index's head ranges.
 fn time_range(entries: &[Entry]) -> Option<(i64, i64)> {
     let min = entries.iter().map(|e| e.timestamp_ns).min()?;
@@ -665,6 +705,10 @@ pub struct Ingester {
     /// Raised by a push that left `max_sealed_bytes` or more sealed in memory; wakes the
     /// flush loop before its next period.
     pressure: Arc<tokio::sync::Notify>,
+    /// Compresses the head blocks pushes cut, after the push is answered.
+    sealer: Sealer,
+    /// This ingester, for the sealing jobs pushes hand to `sealer`.
+    this: Weak<Ingester>,
     tx: broadcast::Sender<Arc<Pushed>>,
     /// Where counters go once the server hands over its registry.
     metrics: arc_swap::ArcSwapOption<Metrics>,
@@ -719,7 +763,8 @@ impl Ingester {
         })?;
         let clock = storage.clock().clone();
         let (tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
-        let ingester = Arc::new(Ingester {
+        let sealer = Sealer::new()?;
+        let ingester = Arc::new_cyclic(|this| Ingester {
             cfg,
             wal,
             storage,
@@ -728,6 +773,8 @@ impl Ingester {
             gate: tokio::sync::RwLock::new(()),
             flushing: tokio::sync::Mutex::new(()),
             pressure: Arc::new(tokio::sync::Notify::new()),
+            sealer,
+            this: this.clone(),
             tx,
             metrics: arc_swap::ArcSwapOption::empty(),
             replay_truncations,
@@ -843,7 +890,7 @@ impl Ingester {
         if accepted.is_empty() {
             return Ok(outcome);
         }
-        let mut framed = Vec::with_capacity(
+        let mut framed = self.wal.buffer(
             accepted
                 .iter()
                 .map(|(labels, entries)| wal::record_len_hint(tenant, labels, entries))
@@ -896,11 +943,7 @@ impl Ingester {
             }
         }
         drop(_gate);
-        // Compression runs here, outside the heads lock, so concurrent pushes (and reads)
-        // do not wait for it; the entries stay readable as pending blocks meanwhile.
-        if self.seal(tenant, cut) {
-            self.pressure.notify_one();
-        }
+        self.seal_later(tenant, cut).await;
         for (labels, range, copy) in pushed {
             if let Some((min, max)) = range {
                 self.storage.index().note_head(tenant, &labels, min, max);
@@ -915,6 +958,43 @@ impl Ingester {
             }
         }
         Ok(outcome)
+    }
+
+    /// Hands head blocks a push cut to the sealing pool and returns once it has taken
+    /// them: they are compressed outside the heads lock and after the push is answered, so
+    /// neither concurrent pushes nor the client wait for it, and the sealing fills the
+    /// time pushes spend waiting for the WAL's fsync. Their entries stay readable as
+    /// pending blocks meanwhile (and a flush seals them itself). A push waits while
+    /// [`SEAL_QUEUE_BLOCKS`] blocks are already queued, so a pool that falls behind slows
+    /// pushes instead of piling up unsealed entries.
+    async fn seal_later(&self, tenant: &TenantId, cut: Vec<(LabelSet, Vec<SealJob>)>) {
+        let blocks = cut.iter().map(|(_, jobs)| jobs.len()).sum::<usize>();
+        if blocks == 0 {
+            return;
+        }
+        let wanted = u32::try_from(blocks.min(SEAL_QUEUE_BLOCKS as usize)).unwrap_or(1);
+        let permit = self.sealer.permits.clone().acquire_many_owned(wanted).await;
+        let (Ok(permit), Some(me)) = (permit, self.this.upgrade()) else {
+            // Neither happens while the ingester lives (its semaphore is never closed).
+            if self.seal(tenant, cut) {
+                self.pressure.notify_one();
+            }
+            return;
+        };
+        let tenant = tenant.clone();
+        self.sealer.pool.spawn(move || {
+            if me.seal(&tenant, cut) {
+                me.pressure.notify_one();
+            }
+            drop(permit);
+        });
+    }
+
+    /// Waits until every block handed to the sealing pool is in place.
+    pub async fn sealed(&self) {
+        // Holding every permit means no sealing job is queued or running.
+        let all = self.sealer.permits.acquire_many(SEAL_QUEUE_BLOCKS).await;
+        drop(all);
     }
 
     /// Seals head blocks that a push or replay cut, outside the heads lock, and puts them
@@ -1214,12 +1294,7 @@ impl Heads {
         entry_hashes: Vec<u64>,
         window_ns: i64,
     ) -> (Vec<Entry>, Vec<u64>, Vec<Rejected>) {
-        let stream = self
-            .tenants
-            .entry(tenant.clone())
-            .or_default()
-            .entry(labels.clone())
-            .or_insert_with(StreamHead::new);
+        let stream = stream_head(&mut self.tenants, tenant, labels);
         let mut keep = Vec::with_capacity(entries.len());
         let mut hashes = Vec::with_capacity(entries.len());
         let mut behind: Option<Rejected> = None;

@@ -321,6 +321,8 @@ async fn a_chunk_at_target_size_closes_and_flushes_while_the_stream_continues() 
     ing.push(&tenant(), vec![(labels("api"), numbered(0, 5))])
         .await
         .unwrap();
+    // Chunks close as their blocks are sealed, which the push leaves to the pool.
+    ing.sealed().await;
     ing.flush_due().await.unwrap();
     let segs = storage.segments(&tenant());
     assert_eq!(segs.len(), 1);
@@ -565,6 +567,38 @@ fn small_blocks() -> IngesterConfig {
         chunk_block_size: 200,
         ..IngesterConfig::default()
     }
+}
+
+#[tokio::test]
+async fn the_sealing_pool_puts_a_pushs_cut_blocks_in_place_after_the_push() {
+    let f = Fixture::new();
+    let (ing, _) = f.open(small_blocks()).await;
+    ing.push(&tenant(), vec![(labels("api"), numbered(0, 20))])
+        .await
+        .unwrap();
+    ing.sealed().await;
+    {
+        let heads = ing.heads.lock();
+        let day = &heads.tenants[&tenant()][&labels("api")].days[&Day::of_ns(T0)];
+        assert!(day.open.pending.is_empty(), "every cut block was sealed");
+        assert_eq!(
+            day.open
+                .blocks
+                .iter()
+                .map(|b| b.meta.count)
+                .collect::<Vec<_>>(),
+            [6, 6, 6]
+        );
+        assert_eq!(day.open.head.len(), 2);
+        assert_eq!(
+            heads.sealed_total,
+            day.open.blocks.iter().map(|b| b.bytes.len()).sum::<usize>()
+        );
+    }
+    assert_eq!(
+        ing.head_entries(&tenant(), &labels("api"), T0, T0 + 100),
+        numbered(0, 20)
+    );
 }
 
 /// Cuts head blocks the way a push does before it compresses them (under the lock,

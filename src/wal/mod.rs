@@ -394,6 +394,40 @@ pub struct Wal {
     tx: Option<mpsc::Sender<Command>>,
     /// Where the writer thread reports each fsync's duration, once metrics are wired.
     fsync_observer: FsyncObserver,
+    buffers: Arc<BufferPool>,
+}
+
+/// Buffers the writer has written, for later pushes to frame their records into.
+///
+/// A push frames about a megabyte; a fresh buffer that size comes from the OS each time
+/// (the allocator returns freed pages within milliseconds), and its page faults were 3 %
+/// of ingest CPU. A few buffers, one per push in flight, are kept instead.
+#[derive(Debug, Default)]
+struct BufferPool(parking_lot::Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    /// How many written buffers are kept.
+    const KEEP: usize = 8;
+    /// Buffers larger than this (a push far above the usual size) are freed, not kept.
+    const MAX_KEPT_BYTES: usize = 8 << 20;
+
+    /// An empty buffer with room for at least `capacity` bytes.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let mut buf = self.0.lock().pop().unwrap_or_default();
+        buf.reserve(capacity);
+        buf
+    }
+
+    fn give_back(&self, mut buf: Vec<u8>) {
+        if buf.capacity() > Self::MAX_KEPT_BYTES {
+            return;
+        }
+        buf.clear();
+        let mut kept = self.0.lock();
+        if kept.len() < Self::KEEP {
+            kept.push(buf);
+        }
+    }
 }
 
 /// Shared between the handle and the writer thread: set after the WAL opens (the metrics
@@ -406,6 +440,7 @@ impl Wal {
         Wal {
             tx: None,
             fsync_observer: FsyncObserver::default(),
+            buffers: Arc::default(),
         }
     }
 
@@ -424,8 +459,10 @@ impl Wal {
         let stats = replay_dir(&dir, apply)?;
         let next = SegmentNo(stats.last_segment.map_or(1, |n| n.0 + 1));
         let fsync_observer = FsyncObserver::default();
+        let buffers = Arc::<BufferPool>::default();
         let mut writer = Writer::create(dir, next, config.fsync, config.fsync_interval)?;
         writer.fsync_observer = fsync_observer.clone();
+        writer.buffers = buffers.clone();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("lode-wal".into())
@@ -435,6 +472,7 @@ impl Wal {
             Wal {
                 tx: Some(tx),
                 fsync_observer,
+                buffers,
             },
             stats,
         ))
@@ -448,6 +486,12 @@ impl Wal {
 
     pub fn is_enabled(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// An empty buffer for [`encode_record`] with room for `capacity` bytes, reusing one
+    /// an earlier [`Wal::append`] wrote when there is one.
+    pub fn buffer(&self, capacity: usize) -> Vec<u8> {
+        self.buffers.take(capacity)
     }
 
     /// Writes framed records (from [`encode_record`]) and waits until they are durable as
@@ -491,6 +535,7 @@ struct Writer {
     dirty: bool,
     poisoned: Option<String>,
     fsync_observer: FsyncObserver,
+    buffers: Arc<BufferPool>,
 }
 
 /// Group commits stop collecting requests past this many bytes so one fsync does not
@@ -516,6 +561,7 @@ impl Writer {
             dirty: false,
             poisoned: None,
             fsync_observer: FsyncObserver::default(),
+            buffers: Arc::default(),
         })
     }
 
@@ -562,12 +608,15 @@ impl Writer {
         let mut checkpoints = Vec::new();
         for c in batch {
             match c {
-                Command::Append { bytes, reply } => match self.write(&bytes) {
-                    Ok(n) => written.push((n, reply)),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
+                Command::Append { bytes, reply } => {
+                    match self.write(&bytes) {
+                        Ok(n) => written.push((n, reply)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
                     }
-                },
+                    self.buffers.give_back(bytes);
+                }
                 Command::Checkpoint { keep_from, reply } => checkpoints.push((keep_from, reply)),
             }
         }
@@ -725,6 +774,25 @@ mod tests {
         let mut got = Vec::new();
         let stats = replay_dir(dir, |_, r| got.push(r)).unwrap();
         (got, stats)
+    }
+
+    #[tokio::test]
+    async fn written_buffers_are_handed_to_later_pushes_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(&config(dir.path(), FsyncMode::Always), |_, _| {}).unwrap();
+        let r = record(1);
+        let mut buf = wal.buffer(4096);
+        encode_record(&mut buf, &r.tenant, &r.labels, &r.entries).unwrap();
+        let written = buf.as_ptr();
+        wal.append(buf).await.unwrap();
+        let again = wal.buffer(16);
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), written, "the written buffer is reused");
+        assert!(again.capacity() >= 4096);
+        // Past what it keeps, the pool frees buffers rather than holding them.
+        let huge = Vec::with_capacity(BufferPool::MAX_KEPT_BYTES + 1);
+        wal.append(huge).await.unwrap();
+        assert!(wal.buffer(0).capacity() <= BufferPool::MAX_KEPT_BYTES);
     }
 
     #[tokio::test]
