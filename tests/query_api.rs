@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use common::{now_ns, TestServer};
@@ -387,6 +388,115 @@ async fn bad_input_gets_a_clear_status_and_message() {
     assert!(r.text().await.unwrap().contains("too long"));
     // The server is still fine.
     assert_eq!(server.get_text("/ready").await.0, 200);
+    server.stop().await;
+}
+
+/// POSTs `form` as `application/x-www-form-urlencoded` to `path`.
+async fn post_form(server: &TestServer, path: &str, form: &[(&str, String)]) -> (u16, Value) {
+    let r = server
+        .client
+        .post(format!("{}{path}", server.url))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_range_and_instant_query_answer_post_form_bodies() {
+    let server = TestServer::start(CONFIG).await;
+    let base = push_lines(
+        &server,
+        &serde_json::json!({"app": "api"}),
+        &["first", "second", "third"],
+    )
+    .await;
+
+    // A log query: entries newest first, exactly as a GET would get them.
+    let mut form = window();
+    form.extend([
+        ("query", r#"{app="api"} != "second""#.to_string()),
+        ("limit", "10".to_string()),
+    ]);
+    let (status, body) = post_form(&server, "/loki/api/v1/query_range", &form).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["resultType"], "streams", "{body}");
+    assert_eq!(
+        body["data"]["result"],
+        serde_json::json!([{"stream": {"app": "api"}, "values": [
+            [(base + 2_000_000).to_string(), "third"],
+            [base.to_string(), "first"],
+        ]}])
+    );
+
+    // A metric range query.
+    let mut form = window();
+    form.extend([
+        ("query", r#"count_over_time({app="api"}[1h])"#.to_string()),
+        ("step", "60".to_string()),
+    ]);
+    let (status, body) = post_form(&server, "/loki/api/v1/query_range", &form).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["resultType"], "matrix", "{body}");
+    let values = body["data"]["result"][0]["values"].as_array().unwrap();
+    assert_eq!(values.last().unwrap()[1], "3", "{body}");
+
+    // An instant query at a time after the pushes.
+    let time = (base + 60_000_000_000).to_string();
+    let form = [
+        (
+            "query",
+            r#"sum(count_over_time({app="api"}[5m]))"#.to_string(),
+        ),
+        ("time", time.clone()),
+    ];
+    let (status, body) = post_form(&server, "/loki/api/v1/query", &form).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["resultType"], "vector", "{body}");
+    assert_eq!(body["data"]["result"][0]["value"][1], "3", "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_get_query_string_gets_a_4xx_and_the_server_stays_up() {
+    let server = TestServer::start(CONFIG).await;
+    push_lines(&server, &serde_json::json!({"app": "api"}), &["kept"]).await;
+    // 200 KB of query string, over the 128 KiB query cap and over the 64 KiB a URI may
+    // have in hyper (and in reqwest, so the request is written by hand).
+    let huge: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "query",
+            &format!("{{app=\"api\"}} |= \"{}\"", "x".repeat(200_000)),
+        )
+        .finish();
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /loki/api/v1/query_range?{huge} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    // The server may answer and close before reading the whole request line.
+    let _ = conn.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    let status_line = answer.lines().next().unwrap_or_default();
+    assert!(
+        status_line.starts_with("HTTP/1.1 414"),
+        "a 200 KB GET query string should get 414 URI Too Long, got {status_line:?}"
+    );
+    // The server still answers, on a new connection and on the client's pool.
+    assert_eq!(server.get_text("/ready").await.0, 200);
+    let mut params = window();
+    params.push(("query", r#"{app="api"}"#.to_string()));
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("kept"), "{body}");
     server.stop().await;
 }
 

@@ -20,14 +20,6 @@ use query_lang::parse_expr;
 use query_lang::syntax::units::parse_prometheus_duration;
 use serde_json::Value;
 
-/// Cases whose difference from Loki is owned by the HTTP layer or is a deliberate,
-/// documented divergence; each with the reason. The comparison still runs and prints.
-const KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
-    "err_no_selector",
-    "Loki reports `line 0` for a syntax error on the first token after `(` (a quirk of its \
-     yacc position tracking); Lode reports the real line 1 with the same column and text",
-)];
-
 fn conformance_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
 }
@@ -303,10 +295,7 @@ fn engine_answers_every_conformance_query_as_loki_does() {
             let short: String = d.chars().take(400).collect();
             println!("    {short}");
         }
-        match KNOWN_DIFFERENCES.iter().find(|(n, _)| *n == name) {
-            Some((_, reason)) => println!("    (known difference: {reason})"),
-            None => failures.push(name.to_owned()),
-        }
+        failures.push(name.to_owned());
     }
     println!("conformance: {matched}/{total} engine-level cases match Loki");
     assert!(total > 100, "only {total} query cases found");

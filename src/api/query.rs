@@ -413,6 +413,13 @@ async fn series(State(api): ApiState, req: Request) -> Result<Response, ApiError
     ))
 }
 
+/// `index/stats`: streams, chunks, bytes and entries of the selected streams in the range,
+/// counted by Loki 3.7's rule so Grafana's query-size hint matches Loki's for the same
+/// data (the rule, and the doubt about it, are on [`querier::IndexStats`]): a stream's
+/// data of one UTC day is one chunk, its line bytes rounded to the nearest whole KiB, and
+/// every chunk counts twice, as Loki's single binary counts each flushed chunk once from
+/// the ingester and once from the store index (grafana/loki PR #23796). Loki's double
+/// count is a bug; it is matched because it is what Grafana users see today.
 async fn index_stats(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = match req.params.get("query") {
@@ -432,20 +439,31 @@ async fn index_stats(State(api): ApiState, req: Request) -> Result<Response, Api
     Ok(json_response(&stats))
 }
 
-/// The query in its canonical form: `{"status":"success","data":"<query>"}`.
-async fn format_query(req: Request) -> Result<Response, ApiError> {
-    let text = req
-        .params
-        .get("query")
-        .ok_or_else(|| ApiError::bad_request("query parameter is required: send query=<LogQL>"))?;
-    let expr = parse_query(text)?;
-    Ok(json_response(
-        &serde_json::json!({"status": "success", "data": expr.to_string()}),
-    ))
+/// The query in its canonical form: `{"status":"success","data":"<query>"}`; a query that
+/// does not parse is a 400 with Loki's JSON body for this endpoint,
+/// `{"status":"invalid-query","error":"parse error at line 1, col 12: ..."}`.
+async fn format_query(req: Request) -> Response {
+    let parsed = match req.params.get("query") {
+        Some(text) => parse_expr(text).map_err(|e| e.to_string()),
+        None => Err("query parameter is required: send query=<LogQL>".to_string()),
+    };
+    match parsed {
+        Ok(expr) => {
+            json_response(&serde_json::json!({"status": "success", "data": expr.to_string()}))
+        }
+        Err(error) => {
+            let mut r =
+                json_response(&serde_json::json!({"status": "invalid-query", "error": error}));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            r
+        }
+    }
 }
 
-/// Indexed labels of the selected streams with their value counts, so Grafana's newest
-/// editor can offer them.
+/// Indexed labels of the selected streams (`query`, optional) with their value counts,
+/// so Grafana's newest editor and Logs Drilldown can offer them: from the index, as Loki
+/// answers, leaving out labels whose values all look like ids ([`looks_like_ids`]) but
+/// always keeping `cluster`, `namespace`, `instance` and `pod`. Sorted by label name.
 async fn detected_labels(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = optional_matchers(&req.params)?;
@@ -464,11 +482,44 @@ async fn detected_labels(State(api): ApiState, req: Request) -> Result<Response,
     }
     let detected: Vec<serde_json::Value> = values
         .iter()
+        .filter(|(label, v)| ALWAYS_DETECTED.contains(label) || !looks_like_ids(v))
         .map(|(label, v)| serde_json::json!({"label": label, "cardinality": v.len()}))
         .collect();
     Ok(json_response(
         &serde_json::json!({"detectedLabels": detected}),
     ))
+}
+
+/// Labels `detected_labels` keeps whatever their values, as Loki does.
+const ALWAYS_DETECTED: [&str; 4] = ["cluster", "namespace", "instance", "pod"];
+
+/// Loki's test for a label not worth offering as a filter: every value is a number or a
+/// UUID (request ids, ports, counters), except one or two values all `0`/`1` (a flag).
+fn looks_like_ids(values: &std::collections::BTreeSet<&str>) -> bool {
+    if values.len() <= 2 && values.iter().all(|v| *v == "0" || *v == "1") {
+        return false;
+    }
+    values
+        .iter()
+        .all(|v| v.parse::<f64>().is_ok() || is_uuid(v))
+}
+
+/// A UUID as Go's `uuid.Parse` reads one: 32 hex digits, bare or as 8-4-4-4-12 with
+/// dashes, optionally in braces or after `urn:uuid:`.
+fn is_uuid(text: &str) -> bool {
+    let inner = text
+        .strip_prefix("urn:uuid:")
+        .or_else(|| text.strip_prefix('{').and_then(|t| t.strip_suffix('}')))
+        .unwrap_or(text);
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    match inner.len() {
+        32 => hex(inner),
+        36 => {
+            let groups: Vec<&str> = inner.split('-').collect();
+            groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && groups.iter().all(|g| hex(g))
+        }
+        _ => false,
+    }
 }
 
 async fn volume(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
@@ -744,4 +795,29 @@ async fn detected_fields(State(api): ApiState, req: Request) -> Result<Response,
     Ok(json_response(
         &serde_json::json!({"fields": detected, "limit": field_limit}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set<'a>(values: &[&'a str]) -> std::collections::BTreeSet<&'a str> {
+        values.iter().copied().collect()
+    }
+
+    #[test]
+    fn labels_of_numbers_or_uuids_look_like_ids_but_flags_and_names_do_not() {
+        assert!(looks_like_ids(&set(&["8080", "9090", "3100"])));
+        assert!(looks_like_ids(&set(&[
+            "0b0f6c9e-3d6a-4c1e-9a51-2f4f7c1d9e10",
+            "{0B0F6C9E-3D6A-4C1E-9A51-2F4F7C1D9E11}",
+            "0b0f6c9e3d6a4c1e9a512f4f7c1d9e12",
+            "1.5",
+        ])));
+        assert!(!looks_like_ids(&set(&["0", "1"])));
+        assert!(!looks_like_ids(&set(&["8080", "api"])));
+        assert!(!looks_like_ids(&set(&[
+            "0b0f6c9e-3d6a-4c1e-9a51-2f4f7c1d9e1"
+        ])));
+    }
 }

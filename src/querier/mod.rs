@@ -31,6 +31,7 @@ use query_lang::{Expr, Matcher};
 use tokio::sync::Semaphore;
 
 use crate::chunk::BlockSummary;
+use crate::clock::Day;
 use crate::limits::{Limits, LimitsConfig};
 use crate::storage::segment::BlockInfo;
 use crate::storage::{BlockFilter, SegmentMeta, Storage};
@@ -201,8 +202,10 @@ impl Querier {
             .collect()
     }
 
-    /// Index statistics of the streams matching `matchers`: streams, chunks, raw bytes and
-    /// entries of stored chunks overlapping the range, plus what heads hold.
+    /// Index statistics of the streams matching `matchers` over `[start, end)`, as Loki
+    /// 3.7 reports them (see [`IndexStats`] for the rule and why): per stream and UTC day,
+    /// the stored chunks overlapping the range (whole) and the head entries inside it make
+    /// one chunk of line bytes rounded to the nearest KiB, and every chunk is counted twice.
     pub fn stats(
         &self,
         tenant: &TenantId,
@@ -210,23 +213,32 @@ impl Querier {
         start_ns: i64,
         end_ns: i64,
     ) -> IndexStats {
+        use std::collections::BTreeMap;
+
         let start = start_ns.max(self.cutoff_ns(tenant));
         let index = self.storage.index();
         let mut stats = IndexStats::default();
         for s in index.streams(tenant, matchers, start, end_ns) {
-            stats.streams += 1;
+            // (entries, line bytes) of each UTC day of the stream.
+            let mut days: BTreeMap<Day, (u64, u64)> = BTreeMap::new();
             for c in index.segment_chunks(tenant, s.id, start, end_ns) {
                 if let Some(info) = c.info() {
-                    stats.chunks += 1;
-                    stats.bytes += info.meta.raw_bytes;
-                    stats.entries += u64::from(info.meta.count);
+                    let day = days.entry(Day::of_ns(info.meta.min_ts)).or_default();
+                    day.0 += u64::from(info.meta.count);
+                    day.1 += info.meta.raw_bytes;
                 }
             }
-            let head = self.heads.head_entries(tenant, &s.labels, start, end_ns);
-            if !head.is_empty() {
-                stats.chunks += 1;
-                stats.entries += head.len() as u64;
-                stats.bytes += head.iter().map(|e| e.line.len() as u64).sum::<u64>();
+            for e in self.heads.head_entries(tenant, &s.labels, start, end_ns) {
+                let day = days.entry(Day::of_ns(e.timestamp_ns)).or_default();
+                day.0 += 1;
+                day.1 += e.line.len() as u64;
+            }
+            if days.is_empty() {
+                continue;
+            }
+            stats.streams += 1;
+            for (entries, bytes) in days.into_values() {
+                stats.add_chunk(entries, bytes);
             }
         }
         stats
@@ -270,13 +282,43 @@ impl Querier {
     }
 }
 
-/// `/loki/api/v1/index/stats`'s answer.
+/// `/loki/api/v1/index/stats`'s answer, computed by Loki 3.7's rule so Grafana shows the
+/// same query-size estimate for the same data.
+///
+/// Loki answers from its index's chunk metadata: each chunk's uncompressed size is kept
+/// as whole KiB, rounded to the nearest (`math.Round(size / 1024)` when the chunk is
+/// indexed), and the single binary merges the ingester's answer, which itself asks the
+/// store index, with the store index's own answer, so every flushed chunk is counted
+/// twice (chunks, entries and bytes; streams once; grafana/loki PR #23796). Lode's
+/// counterpart of a Loki chunk is a stream's data of one UTC day (Lode's index unit;
+/// Loki cuts one chunk per stream until it is full or two hours old), whether it sits in
+/// heads, in segments or both, so the answer does not depend on when Lode flushed.
+///
+/// Doubt, kept for compatibility: the double count is a Loki bug (its unflushed chunks
+/// count once, with exact bytes), and a stream-day above Loki's chunk size would be
+/// several chunks in Loki: the chunk count is then lower than Loki's, and the bytes differ
+/// by at most half a KiB per extra chunk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IndexStats {
     pub streams: u64,
     pub chunks: u64,
     pub bytes: u64,
     pub entries: u64,
+}
+
+impl IndexStats {
+    /// How many times Loki 3.7 counts each chunk (ingester's answer plus the store's).
+    pub const LOKI_CHUNK_COUNT: u64 = 2;
+
+    /// Adds one chunk of `entries` lines and `line_bytes` bytes: its size in whole KiB,
+    /// rounded to the nearest (halves up), counted [`Self::LOKI_CHUNK_COUNT`] times.
+    pub fn add_chunk(&mut self, entries: u64, line_bytes: u64) {
+        let kib = line_bytes.saturating_add(512) >> 10;
+        let n = Self::LOKI_CHUNK_COUNT;
+        self.chunks += n;
+        self.entries += n * entries;
+        self.bytes += n * (kib << 10);
+    }
 }
 
 /// What a query read: lines of the blocks it decompressed or counted and of the head
@@ -1015,6 +1057,39 @@ mod tests {
             line: line.to_string(),
             structured_metadata: Default::default(),
         }
+    }
+
+    #[test]
+    fn index_stats_count_each_chunk_twice_in_whole_kib_rounded_to_nearest() {
+        let mut stats = IndexStats::default();
+        // 76.33 KiB rounds down, 69.09 down, 53.99 up, 47.55 up, 10.78 up: Loki's numbers
+        // for the conformance set's five prod streams (528384 bytes = 2 × 258 KiB).
+        for (entries, bytes) in [
+            (378, 78159),
+            (345, 70746),
+            (457, 55289),
+            (404, 48692),
+            (200, 11037),
+        ] {
+            stats.add_chunk(entries, bytes);
+        }
+        assert_eq!(
+            stats,
+            IndexStats {
+                streams: 0,
+                chunks: 10,
+                bytes: 528_384,
+                entries: 3568
+            }
+        );
+        let mut half = IndexStats::default();
+        half.add_chunk(1, 512);
+        half.add_chunk(1, 511);
+        assert_eq!(
+            half.bytes,
+            2 * 1024,
+            "512 bytes round up to 1 KiB, 511 down to 0"
+        );
     }
 
     fn read_all(pieces: Vec<Vec<Entry>>, forward: bool) -> Vec<(i64, String)> {

@@ -256,6 +256,17 @@ impl Sym {
 
 impl Tok {
     /// How a token is named in "unexpected X" messages, as Loki names it.
+    /// Whether Loki's lexer reads this token past its first character one character at a
+    /// time (`Next` after `Scan`: ranges, numbers with a unit, negative durations, parser
+    /// flags, two-character operators), which leaves its reported line at 0.
+    pub fn loki_reads_past_start(&self) -> bool {
+        match self {
+            Tok::Range(_) | Tok::Duration(_) | Tok::Bytes(_) | Tok::Flag(_) => true,
+            Tok::Sym(s) => s.as_str().len() == 2,
+            Tok::Ident(_) | Tok::Str(_) | Tok::Number(_) | Tok::Kw(_) => false,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Tok::Ident(_) => "IDENTIFIER".into(),

@@ -40,7 +40,8 @@ pub enum ParseError {
 }
 
 impl ParseError {
-    /// 1-based line of a syntax error; 0 for validation errors, as Loki reports.
+    /// 1-based line of a syntax error (0 where Loki says 0, see `Parser::unexpected`);
+    /// 0 for validation errors, as Loki reports.
     pub fn line(&self) -> u32 {
         match self {
             ParseError::Syntax { line, .. } => *line,
@@ -171,16 +172,23 @@ impl Parser<'_> {
     }
 
     /// "syntax error: unexpected X[, expecting A or B]" at the current token.
+    ///
+    /// The position is Loki's: the token's line and column, except that a token Loki's
+    /// lexer finishes reading character by character (see [`Tok::loki_reads_past_start`])
+    /// is reported on line 0, because reading that way invalidates the line (not the
+    /// column) of Go's `text/scanner` position: `count_over_time([5m])` fails at
+    /// `line 0, col 17`.
     fn unexpected(&self, expecting: &[&str]) -> ParseError {
-        let (what, offset) = match self.tokens.get(self.pos) {
-            Some(t) => (t.kind.describe(), t.start),
+        let (what, offset, line_zero) = match self.tokens.get(self.pos) {
+            Some(t) => (t.kind.describe(), t.start, t.kind.loki_reads_past_start()),
             None => {
                 // Loki reports `$end` one past the last character of the last token.
                 let end = self.tokens.last().map_or(0, |t| t.end);
-                ("$end".to_string(), end)
+                ("$end".to_string(), end, false)
             }
         };
         let (line, col) = line_col(self.input, offset);
+        let line = if line_zero { 0 } else { line };
         let mut message = format!("syntax error: unexpected {what}");
         if !expecting.is_empty() {
             message.push_str(", expecting ");
