@@ -322,6 +322,179 @@ async fn live_tail_replays_then_streams_new_pushes_over_a_websocket() {
     server.stop().await;
 }
 
+type Tail =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/loki/api/v1/tail` with `params` over a WebSocket.
+async fn open_tail(server: &TestServer, params: &[(&str, &str)]) -> Tail {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let url = format!(
+        "{}/loki/api/v1/tail?{query}",
+        server.url.replacen("http://", "ws://", 1)
+    );
+    tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap()
+        .0
+}
+
+/// `(timestamp, line)` of the entries of tail messages, read until `want` came.
+async fn tail_values(ws: &mut Tail, want: usize) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    while out.len() < want {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{want} tailed entries within 10s, got {out:?}"))
+            .expect("socket open")
+            .unwrap();
+        let Message::Text(text) = msg else { continue };
+        let v: Value = serde_json::from_str(text.as_str()).unwrap();
+        for s in v["streams"].as_array().unwrap() {
+            for value in s["values"].as_array().unwrap() {
+                let ts = value[0].as_str().unwrap().parse().unwrap();
+                out.push((ts, value[1].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Lines of `(timestamp, line)` pairs.
+fn lines_of(values: &[(i64, String)]) -> Vec<&str> {
+    values.iter().map(|(_, l)| l.as_str()).collect()
+}
+
+/// Pushes `(timestamp, line)` entries to `{app="<app>"}`.
+async fn push_at(server: &TestServer, app: &str, entries: &[(i64, &str)]) {
+    let values: Vec<Value> = entries
+        .iter()
+        .map(|(ts, line)| serde_json::json!([ts.to_string(), line]))
+        .collect();
+    let body = serde_json::json!({"streams": [{"stream": {"app": app}, "values": values}]});
+    let (status, text) = server.push_json(None, &body).await;
+    assert_eq!(status, 204, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tail_replays_the_newest_limit_entries_since_start() {
+    let server = TestServer::start(CONFIG).await;
+    let sec = 1_000_000_000_i64;
+    let now = now_ns();
+    let mut entries = vec![(now - 2400 * sec, "forty minutes ago")];
+    let recent = ["r1", "r2", "r3", "r4", "r5"];
+    for (i, line) in recent.iter().enumerate() {
+        entries.push((now - 300 * sec + i as i64 * sec, line));
+    }
+    push_at(&server, "replay", &entries).await;
+    let sel = r#"{app="replay"}"#;
+    let start = (now - 600 * sec).to_string();
+
+    // `limit` caps the replay to the newest entries since `start`, sent oldest first;
+    // live entries still come after it.
+    let mut ws = open_tail(
+        &server,
+        &[("query", sel), ("start", start.as_str()), ("limit", "3")],
+    )
+    .await;
+    assert_eq!(lines_of(&tail_values(&mut ws, 3).await), ["r3", "r4", "r5"]);
+    push_at(&server, "replay", &[(now_ns(), "live")]).await;
+    assert_eq!(lines_of(&tail_values(&mut ws, 1).await), ["live"]);
+    ws.send(Message::Close(None)).await.unwrap();
+
+    // `start` bounds the replay; without it the replay reaches back an hour.
+    let mut ws = open_tail(
+        &server,
+        &[("query", sel), ("start", start.as_str()), ("limit", "10")],
+    )
+    .await;
+    assert_eq!(
+        lines_of(&tail_values(&mut ws, 6).await),
+        ["r1", "r2", "r3", "r4", "r5", "live"]
+    );
+    ws.send(Message::Close(None)).await.unwrap();
+    let mut ws = open_tail(&server, &[("query", sel)]).await;
+    assert_eq!(
+        lines_of(&tail_values(&mut ws, 7).await),
+        ["forty minutes ago", "r1", "r2", "r3", "r4", "r5", "live"]
+    );
+    ws.send(Message::Close(None)).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tail_sends_an_entry_once_delay_for_has_passed_since_its_timestamp() {
+    let server = TestServer::start(CONFIG).await;
+    let sec = 1_000_000_000_i64;
+    let sel = r#"{app="delayed"}"#;
+    push_at(&server, "delayed", &[(now_ns() - 30 * sec, "replayed")]).await;
+    let mut ws = open_tail(&server, &[("query", sel), ("delay_for", "2")]).await;
+    // The replay came: what follows is live.
+    assert_eq!(lines_of(&tail_values(&mut ws, 1).await), ["replayed"]);
+    // A fresh entry waits for delay_for; one from a slow sender, already older than
+    // the delay, pushed just after it, goes out first.
+    let ts = now_ns();
+    push_at(&server, "delayed", &[(ts, "fresh")]).await;
+    let late = now_ns() - 20 * sec;
+    push_at(&server, "delayed", &[(late, "late")]).await;
+    assert_eq!(tail_values(&mut ws, 1).await, [(late, "late".to_string())]);
+    let got = tail_values(&mut ws, 1).await;
+    let received = now_ns();
+    assert_eq!(got, [(ts, "fresh".to_string())]);
+    assert!(
+        received - ts >= 2 * sec,
+        "sent {} ms after its timestamp, before delay_for",
+        (received - ts) / 1_000_000
+    );
+    ws.send(Message::Close(None)).await.unwrap();
+
+    // Loki's bounds: at most 5 seconds, a whole number.
+    for (delay, needle) in [
+        ("6", "delay_for can't be greater than 5"),
+        ("1.5", "invalid delay_for \"1.5\""),
+    ] {
+        let params = [("query", sel.to_string()), ("delay_for", delay.to_string())];
+        let (status, body) = get_json(&server, "/loki/api/v1/tail", &params).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains(needle), "{body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tail_replays_entries_from_segments_after_a_flush_and_a_restart() {
+    let yaml = CONFIG;
+    let server = TestServer::start(yaml).await;
+    let sec = 1_000_000_000_i64;
+    let base = now_ns() - 60 * sec;
+    push_at(
+        &server,
+        "stored",
+        &[(base, "flushed-1"), (base + sec, "flushed-2")],
+    )
+    .await;
+    assert_eq!(server.post_flush().await.0, 204);
+    push_at(&server, "stored", &[(base + 2 * sec, "at-shutdown-3")]).await;
+    let dir = server.stop().await;
+    let server = TestServer::restart(yaml, dir).await;
+    assert!(
+        server.head_lines("fake", r#"{app="stored"}"#).is_empty(),
+        "everything is in segments after a clean stop"
+    );
+    push_at(&server, "stored", &[(base + 3 * sec, "head-4")]).await;
+
+    let mut ws = open_tail(&server, &[("query", r#"{app="stored"}"#), ("limit", "10")]).await;
+    assert_eq!(
+        lines_of(&tail_values(&mut ws, 4).await),
+        ["flushed-1", "flushed-2", "at-shutdown-3", "head-4"]
+    );
+    push_at(&server, "stored", &[(now_ns(), "live-5")]).await;
+    assert_eq!(lines_of(&tail_values(&mut ws, 1).await), ["live-5"]);
+    ws.send(Message::Close(None)).await.unwrap();
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_status_and_message() {
     let server = TestServer::start(CONFIG).await;
