@@ -660,6 +660,271 @@ async fn the_lode_cli_queries_a_live_server() {
     server.stop().await;
 }
 
+/// Runs the real `lode` binary with `args` and `env` (logcli's `LOKI_*` variables of
+/// the test's own environment removed first).
+async fn lode_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lode"))
+            .args(&args)
+            .env_remove("LOKI_ADDR")
+            .env_remove("LOKI_ORG_ID")
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Stdout of a `lode` run that must succeed.
+fn cli_stdout(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "lode failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Unix nanoseconds as the CLI prints them: RFC3339 with nanoseconds, UTC.
+fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp(ns / 1_000_000_000, (ns % 1_000_000_000) as u32)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lode_cli_honours_since_from_and_to_and_prints_every_output_form() {
+    let server = TestServer::start(CONFIG).await;
+    let sec = 1_000_000_000_i64;
+    // A whole minute about ten minutes ago, so metric steps fall on known points.
+    let t = (now_ns() - 600 * sec) / (60 * sec) * (60 * sec);
+    let body = serde_json::json!({"streams": [
+        {"stream": {"app": "cli", "env": "old"}, "values": [[(now_ns() - 7200 * sec).to_string(), "two hours ago"]]},
+        {"stream": {"app": "cli", "env": "test"}, "values": [
+            [(t + 10 * sec).to_string(), "one"],
+            [(t + 20 * sec).to_string(), "two"],
+            [(t + 70 * sec).to_string(), "three"],
+        ]},
+    ]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    let url = server.url.as_str();
+    let run = |args: Vec<String>| async move {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend(["--addr", url]);
+        cli_stdout(lode_cli(&all, &[]).await)
+    };
+    let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let sel = r#"{app="cli"}"#;
+
+    // --since: the window ends now and reaches back that far.
+    let recent = run(strings(&[
+        "query",
+        sel,
+        "-o",
+        "raw",
+        "--forward",
+        "--since",
+        "1h",
+    ]))
+    .await;
+    assert_eq!(recent, "one\ntwo\nthree\n");
+    let all = run(strings(&[
+        "query",
+        sel,
+        "-o",
+        "raw",
+        "--forward",
+        "--since",
+        "3h",
+    ]))
+    .await;
+    assert_eq!(all, "two hours ago\none\ntwo\nthree\n");
+
+    // --from (RFC3339) is inclusive, --to (unix ns) exclusive.
+    let (from, to) = (rfc3339(t + 10 * sec), (t + 70 * sec).to_string());
+    let range = |output: &str| {
+        strings(&[
+            "query",
+            sel,
+            "--from",
+            from.as_str(),
+            "--to",
+            to.as_str(),
+            "--output",
+            output,
+        ])
+    };
+    assert_eq!(run(range("raw")).await, "two\none\n");
+    let default = run(range("default")).await;
+    assert_eq!(
+        default,
+        format!(
+            "{} {{app=\"cli\", env=\"test\"}} two\n{} {{app=\"cli\", env=\"test\"}} one\n",
+            rfc3339(t + 20 * sec),
+            rfc3339(t + 10 * sec)
+        )
+    );
+    let jsonl = run(range("jsonl")).await;
+    let rows: Vec<Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!({"timestamp": rfc3339(t + 20 * sec), "labels": {"app": "cli", "env": "test"}, "line": "two"}),
+            serde_json::json!({"timestamp": rfc3339(t + 10 * sec), "labels": {"app": "cli", "env": "test"}, "line": "one"}),
+        ]
+    );
+
+    // A range metric query: a table of points per series, and jsonl samples.
+    let metric = |output: &str| {
+        strings(&[
+            "query",
+            r#"count_over_time({app="cli", env="test"}[1m])"#,
+            "--from",
+            rfc3339(t).as_str(),
+            "--to",
+            rfc3339(t + 120 * sec).as_str(),
+            "--step",
+            "60s",
+            "-o",
+            output,
+        ])
+    };
+    let table = run(metric("default")).await;
+    assert_eq!(
+        table,
+        format!(
+            "{{app=\"cli\", env=\"test\"}}\n  {}  2\n  {}  1\n",
+            rfc3339(t + 60 * sec),
+            rfc3339(t + 120 * sec)
+        )
+    );
+    let samples: Vec<Value> = run(metric("jsonl"))
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let metric_labels = serde_json::json!({"app": "cli", "env": "test"});
+    assert_eq!(
+        samples,
+        [
+            serde_json::json!({"metric": metric_labels, "timestamp": (t / sec + 60), "value": "2"}),
+            serde_json::json!({"metric": metric_labels, "timestamp": (t / sec + 120), "value": "1"}),
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lode_cli_tails_a_live_server_from_since() {
+    use std::io::BufRead;
+    let server = TestServer::start(CONFIG).await;
+    let sec = 1_000_000_000_i64;
+    let now = now_ns();
+    let body = serde_json::json!({"streams": [{"stream": {"app": "tailcli"}, "values": [
+        [(now - 1800 * sec).to_string(), "half an hour ago"],
+        [(now - 10 * sec).to_string(), "ten seconds ago"],
+    ]}]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lode"))
+        .args([
+            "query",
+            r#"{app="tailcli"}"#,
+            "--tail",
+            "--since",
+            "5m",
+            "-o",
+            "raw",
+            "--addr",
+            &server.url,
+        ])
+        .env_remove("LOKI_ADDR")
+        .env_remove("LOKI_ORG_ID")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a tailed line within 10s")
+            .expect("lode still running")
+    }
+    // The replay covers --since (5m), not the server's default hour.
+    assert_eq!(next(&mut rx).await, "ten seconds ago");
+    let body = serde_json::json!({"streams": [{"stream": {"app": "tailcli"}, "values": [
+        [now_ns().to_string(), "pushed while tailing"],
+    ]}]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    assert_eq!(next(&mut rx).await, "pushed while tailing");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lode_cli_takes_tenant_and_address_from_flags_or_logcli_variables() {
+    let server = TestServer::start(&format!("auth_enabled: true\n{CONFIG}")).await;
+    let base = now_ns() - 5_000_000_000;
+    for (tenant, line) in [("team-a", "line of a"), ("team-b", "line of b")] {
+        let body = serde_json::json!({"streams": [{"stream": {"app": "shared"}, "values": [[base.to_string(), line]]}]});
+        assert_eq!(server.push_json(Some(tenant), &body).await.0, 204);
+    }
+    let url = server.url.as_str();
+    let query = ["query", r#"{app="shared"}"#, "-o", "raw"];
+
+    let a = lode_cli(
+        &[&query[..], &["--org-id", "team-a", "--addr", url]].concat(),
+        &[],
+    )
+    .await;
+    assert_eq!(cli_stdout(a), "line of a\n");
+    let b = lode_cli(&query, &[("LOKI_ADDR", url), ("LOKI_ORG_ID", "team-b")]).await;
+    assert_eq!(cli_stdout(b), "line of b\n");
+    // The flag wins over the variable, as in logcli.
+    let a = lode_cli(
+        &[&query[..], &["--org-id", "team-a"]].concat(),
+        &[("LOKI_ADDR", url), ("LOKI_ORG_ID", "team-b")],
+    )
+    .await;
+    assert_eq!(cli_stdout(a), "line of a\n");
+    let labels = lode_cli(
+        &["labels"],
+        &[("LOKI_ADDR", url), ("LOKI_ORG_ID", "team-b")],
+    )
+    .await;
+    assert_eq!(cli_stdout(labels), "app\n");
+
+    // Without a tenant the server refuses, and the CLI says why.
+    let none = lode_cli(&[&query[..], &["--addr", url]].concat(), &[]).await;
+    assert!(!none.status.success());
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("no org id"),
+        "{stderr}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detected_fields_types_json_logfmt_and_metadata_fields() {
     let server = TestServer::start(CONFIG).await;
