@@ -563,35 +563,206 @@ async fn bad_input_gets_a_clear_status_and_message() {
     server.stop().await;
 }
 
+/// Pushes `n` JSON lines `{"level":..,"i":..,"msg":"request handled in <i>ms"}` to
+/// `{app="heavy"}`, 10 ms apart from `base`, the first `flushed` of them written to
+/// segments and the rest left in the head. Levels cycle info, warn, error.
+async fn push_heavy(server: &TestServer, base: i64, n: usize, flushed: usize) {
+    let levels = ["info", "warn", "error"];
+    let line = |i: usize| {
+        format!(
+            r#"{{"level":"{}","i":{i},"msg":"request handled in {i}ms"}}"#,
+            levels[i % 3]
+        )
+    };
+    for (from, to) in [(0, flushed), (flushed, n)] {
+        for lo in (from..to).step_by(10_000) {
+            let values: Vec<Value> = (lo..to.min(lo + 10_000))
+                .map(|i| serde_json::json!([(base + i as i64 * 10_000_000).to_string(), line(i)]))
+                .collect();
+            let body =
+                serde_json::json!({"streams": [{"stream": {"app": "heavy"}, "values": values}]});
+            let (status, text) = server.push_json(None, &body).await;
+            assert_eq!(status, 204, "{text}");
+        }
+        if from == 0 && flushed > 0 {
+            assert_eq!(server.post_flush().await.0, 204);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_concurrent_heavy_queries_leave_the_server_healthy() {
-    let server = TestServer::start(CONFIG).await;
-    let lines: Vec<String> = (0..5000)
-        .map(|i| format!(r#"{{"level":"info","i":{i},"msg":"request handled in {i}ms"}}"#))
-        .collect();
-    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    push_lines(&server, &serde_json::json!({"app": "heavy"}), &refs).await;
+async fn eight_concurrent_heavy_queries_each_get_their_answer_or_a_timeout() {
+    // A time limit well above what the queries need, so a slow machine answers 504
+    // instead of hanging the suite.
+    let server = TestServer::start(&format!(
+        "{CONFIG}  query_timeout: 15s\n  ingestion_rate_mb: 0\n"
+    ))
+    .await;
+    let n = 120_000;
+    let base = now_ns() - 25 * 60_000_000_000;
+    push_heavy(&server, base, n, 100_000).await;
+    let at = base + n as i64 * 10_000_000 + 1;
+
+    // Eight different pipelines (no query reuses another's cached samples), each
+    // parsing every line and searching a 2.5 KB line built from it, more at once than
+    // the querier runs: sum by level of the lines whose `i` ends in `d`.
     let mut tasks = Vec::new();
-    for _ in 0..8 {
+    for d in 0..8usize {
         let client = server.client.clone();
-        let url = format!("{}/loki/api/v1/query_range", server.url);
-        let mut params = window();
-        params.push((
-            "query",
-            r#"sum by (level) (rate({app="heavy"} | json | line_format "{{.msg}}" |~ ".*handled.*[0-9]+ms" [5m]))"#
-                .to_string(),
-        ));
-        params.push(("step", "1s".to_string()));
+        let url = format!("{}/loki/api/v1/query", server.url);
+        let query = format!(
+            r#"sum by (level) (count_over_time({{app="heavy"}} | json | line_format "{{{{ repeat 100 .msg }}}}" |~ "handled in [0-9]*{d}ms" [1h]))"#
+        );
+        let params = [("query", query), ("time", at.to_string())];
         tasks.push(tokio::spawn(async move {
             let r = client.get(url).query(&params).send().await.unwrap();
-            r.status().as_u16()
+            (d, r.status().as_u16(), r.text().await.unwrap())
         }));
     }
+    let levels = ["info", "warn", "error"];
+    let mut answered = 0;
     for t in tasks {
-        let status = t.await.unwrap();
-        assert!(status == 200 || status == 504, "status {status}");
+        let (d, status, body) = t.await.unwrap();
+        if status == 504 {
+            assert!(body.starts_with("request timed out"), "{d}: {body}");
+            continue;
+        }
+        assert_eq!(status, 200, "{d}: {body}");
+        answered += 1;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let mut got: Vec<(String, String)> = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let level = s["metric"]["level"].as_str().unwrap().to_string();
+                (level, s["value"][1].as_str().unwrap().to_string())
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = levels
+            .iter()
+            .enumerate()
+            .map(|(l, level)| {
+                let count = (0..n).filter(|i| i % 10 == d && i % 3 == l).count();
+                (level.to_string(), count.to_string())
+            })
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{d}: {body}");
     }
-    assert_eq!(server.get_text("/ready").await.0, 200);
+    eprintln!("{answered} of 8 heavy queries answered in time");
+
+    // Healthy afterwards: a count and a search over the same data are right.
+    let count = instant(&server, r#"count_over_time({app="heavy"}[1h])"#, at).await;
+    assert_eq!(
+        count,
+        [(n.to_string(), serde_json::json!({"app": "heavy"}))]
+    );
+    let mut params = window();
+    params.push(("query", r#"{app="heavy"} | json | i = 12345"#.to_string()));
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let lines: Vec<&str> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["values"].as_array().unwrap())
+        .map(|e| e[1].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [r#"{"level":"info","i":12345,"msg":"request handled in 12345ms"}"#],
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_its_time_limit_gets_504_and_the_next_query_is_answered() {
+    let server = TestServer::start(&format!(
+        "{CONFIG}  query_timeout: 1s\n  max_query_series: 3\ningester:\n  chunk_block_size: 16384\n"
+    ))
+    .await;
+    let n = 20_000;
+    let base = now_ns() - 15 * 60_000_000_000;
+    push_heavy(&server, base, n, n).await;
+    let at = base + n as i64 * 10_000_000 + 1;
+
+    // Every line becomes a 1 MB line before the regex reads it: far more than a second
+    // of work on any machine, and the blocks are small, so the query stops soon after.
+    let heavy = r#"count_over_time({app="heavy"} | json | line_format "{{ repeat 40000 .msg }}" |~ "handled in [0-9]+ms$" [1h])"#;
+    let params = [("query", heavy.to_string()), ("time", at.to_string())];
+    let r = server
+        .client
+        .get(format!("{}/loki/api/v1/query", server.url))
+        .query(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; charset=utf-8",
+        "Loki's error answers are plain text"
+    );
+    let body = r.text().await.unwrap();
+    assert!(
+        body.starts_with(
+            "request timed out, decrease the duration of the request or add more label matchers"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("query_timeout = 1s"), "{body}");
+
+    // The server answers the next queries, over the same data, correctly.
+    let count = instant(&server, r#"count_over_time({app="heavy"}[1h])"#, at).await;
+    assert_eq!(
+        count,
+        [(n.to_string(), serde_json::json!({"app": "heavy"}))]
+    );
+    let params = [
+        ("query", r#"{app="heavy"}"#.to_string()),
+        ("start", base.to_string()),
+        ("end", at.to_string()),
+        ("limit", "2".to_string()),
+    ];
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let values = v["data"]["result"][0]["values"].as_array().unwrap();
+    let lines: Vec<&str> = values.iter().map(|e| e[1].as_str().unwrap()).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"level":"warn","i":19999,"msg":"request handled in 19999ms"}"#,
+            r#"{"level":"info","i":19998,"msg":"request handled in 19998ms"}"#
+        ]
+    );
+
+    // max_query_series: a range query with more series than allowed in a step is
+    // refused with Loki's message; fewer series, and instant queries, are answered.
+    let range = |query: &str| {
+        vec![
+            ("query", query.to_string()),
+            ("start", (at - 60_000_000_000).to_string()),
+            ("end", at.to_string()),
+            ("step", "30s".to_string()),
+        ]
+    };
+    let by_i = r#"sum by (i) (count_over_time({app="heavy"} | json | i > 19995 [1h]))"#;
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &range(by_i)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.starts_with("maximum number of series (3) reached for a single query"),
+        "{body}"
+    );
+    let by_level = r#"sum by (level) (count_over_time({app="heavy"} | json | i > 19995 [1h]))"#;
+    let series = range_matrix(&server, by_level, at - 60_000_000_000, at, "30s").await;
+    assert_eq!(series.len(), 3, "{series:?}");
+    let samples = instant(&server, by_i, at).await;
+    assert_eq!(samples.len(), 4, "{samples:?}");
     server.stop().await;
 }
 
