@@ -1,7 +1,9 @@
 //! The read API as its clients use it: the requests Grafana's Loki data source makes
-//! (health check, Explore log query with `categorize-labels`, metric query with an `ms`
-//! step, label browser, series), live tail over a real WebSocket while pushing, the `lode`
-//! CLI against a live server, bad input, and concurrent heavy queries.
+//! (health check, Explore log query with `categorize-labels` from heads and segments,
+//! metric query with an `ms` step, label browser, series), live tail over a real
+//! WebSocket while pushing (`limit`, `start`, `delay_for`, replay from segments), the
+//! `lode` CLI against a live server (time range, output forms, tail, tenant), bad input,
+//! `query_timeout` and `max_query_series`, and concurrent heavy queries.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
 
@@ -492,6 +494,132 @@ async fn live_tail_replays_entries_from_segments_after_a_flush_and_a_restart() {
     push_at(&server, "stored", &[(now_ns(), "live-5")]).await;
     assert_eq!(lines_of(&tail_values(&mut ws, 1).await), ["live-5"]);
     ws.send(Message::Close(None)).await.unwrap();
+    server.stop().await;
+}
+
+/// `(timestamp, line, categories)` of every value of a `categorize-labels` log query,
+/// in time order, after checking the envelope's shape.
+async fn categorized(server: &TestServer, query: &str, start: i64, end: i64) -> Vec<Value> {
+    let params = [
+        ("query", query.to_string()),
+        ("start", start.to_string()),
+        ("end", end.to_string()),
+        ("direction", "forward".to_string()),
+    ];
+    let r = server
+        .client
+        .get(format!("{}/loki/api/v1/query_range", server.url))
+        .query(&params)
+        .header("X-Loki-Response-Encoding-Flags", "categorize-labels")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["data"]["encodingFlags"],
+        serde_json::json!(["categorize-labels"]),
+        "{text}"
+    );
+    let mut out = Vec::new();
+    for s in v["data"]["result"].as_array().unwrap() {
+        // Only indexed labels stay in the stream.
+        assert_eq!(s["stream"], serde_json::json!({"app": "cat"}), "{text}");
+        for value in s["values"].as_array().unwrap() {
+            let value = value.as_array().unwrap();
+            assert_eq!(value.len(), 3, "{text}");
+            assert!(value[0].is_string() && value[1].is_string(), "{text}");
+            out.push(Value::Array(value.clone()));
+        }
+    }
+    out.sort_by_key(|v| v[0].as_str().unwrap().parse::<i64>().unwrap());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn categorize_labels_separates_metadata_and_parsed_labels_from_heads_and_segments() {
+    use serde_json::json;
+    let yaml = CONFIG;
+    let server = TestServer::start(yaml).await;
+    let base = now_ns() - 5_000_000_000;
+    let ts = |i: i64| (base + i).to_string();
+    let body = serde_json::json!({"streams": [{
+        "stream": {"app": "cat"},
+        "values": [
+            [ts(0), r#"{"status":500,"msg":"boom"}"#, {"trace_id": "abc", "user": "u1"}],
+            [ts(1), r#"{"status":200,"msg":"ok"}"#],
+            [ts(2), r#"{"status":404,"msg":"gone"}"#, {"trace_id": "def"}],
+        ]
+    }]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    let (start, end) = (base - 1_000_000_000, base + 1_000_000_000);
+    let plain_want = vec![
+        json!([ts(0), r#"{"status":500,"msg":"boom"}"#, {"structuredMetadata": {"trace_id": "abc", "user": "u1"}}]),
+        json!([ts(1), r#"{"status":200,"msg":"ok"}"#, {}]),
+        json!([ts(2), r#"{"status":404,"msg":"gone"}"#, {"structuredMetadata": {"trace_id": "def"}}]),
+    ];
+    let parsed_want = vec![
+        json!([ts(0), r#"{"status":500,"msg":"boom"}"#, {"structuredMetadata": {"trace_id": "abc", "user": "u1"}, "parsed": {"msg": "boom", "status": "500"}}]),
+        json!([ts(1), r#"{"status":200,"msg":"ok"}"#, {"parsed": {"msg": "ok", "status": "200"}}]),
+        json!([ts(2), r#"{"status":404,"msg":"gone"}"#, {"structuredMetadata": {"trace_id": "def"}, "parsed": {"msg": "gone", "status": "404"}}]),
+    ];
+    let formatted_want = vec![
+        json!([ts(0), "boom", {"structuredMetadata": {"trace_id": "abc", "user": "u1"}, "parsed": {"msg": "boom", "status": "500"}}]),
+        json!([ts(2), "gone", {"structuredMetadata": {"trace_id": "def"}, "parsed": {"msg": "gone", "status": "404"}}]),
+    ];
+    let cases = [
+        (r#"{app="cat"}"#, plain_want),
+        (r#"{app="cat"} | json"#, parsed_want),
+        (
+            r#"{app="cat"} | json | status >= 400 | line_format "{{.msg}}""#,
+            formatted_want,
+        ),
+    ];
+    for (query, want) in &cases {
+        assert_eq!(
+            &categorized(&server, query, start, end).await,
+            want,
+            "heads: {query}"
+        );
+    }
+
+    // After a restart the entries come from segments, with the same categories.
+    let dir = server.stop().await;
+    let server = TestServer::restart(yaml, dir).await;
+    assert!(server.head_lines("fake", r#"{app="cat"}"#).is_empty());
+    for (query, want) in &cases {
+        assert_eq!(
+            &categorized(&server, query, start, end).await,
+            want,
+            "segments: {query}"
+        );
+    }
+    // Without the flag, metadata and parsed labels are stream labels again.
+    let params = [
+        ("query", r#"{app="cat"} | json"#.to_string()),
+        ("start", start.to_string()),
+        ("end", end.to_string()),
+    ];
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["data"].get("encodingFlags").is_none());
+    let mut streams: Vec<Value> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stream"].clone())
+        .collect();
+    streams.sort_by_key(|s| s["msg"].as_str().unwrap().to_string());
+    assert_eq!(
+        streams,
+        [
+            json!({"app": "cat", "msg": "boom", "status": "500", "trace_id": "abc", "user": "u1"}),
+            json!({"app": "cat", "msg": "gone", "status": "404", "trace_id": "def"}),
+            json!({"app": "cat", "msg": "ok", "status": "200"}),
+        ]
+    );
     server.stop().await;
 }
 
