@@ -109,6 +109,8 @@ pub enum Error {
     Decode { url: String, reason: String },
     #[error("tail connection to {url} failed: {reason}")]
     Tail { url: String, reason: String },
+    #[error("{0}")]
+    Param(String),
     #[error("writing output failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -409,9 +411,18 @@ async fn tail(client: &Client, args: &QueryArgs) -> Result<(), Error> {
         ("query", args.query.clone()),
         ("limit", args.limit.to_string()),
     ];
-    if let Some(from) = &args.client.from {
-        params.push(("start", from.clone()));
-    }
+    // As logcli: the replay starts at --from, else --since before now.
+    let start = match &args.client.from {
+        Some(from) => from.clone(),
+        None => {
+            let since = crate::api::params::parse_prom_duration(&args.client.since)
+                .map_err(|e| Error::Param(format!("--since: {}", e.0)))?;
+            crate::api::params::now_ns()
+                .saturating_sub(since)
+                .to_string()
+        }
+    };
+    params.push(("start", start));
     let query: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
         .finish();

@@ -1,7 +1,9 @@
 //! The read API as its clients use it: the requests Grafana's Loki data source makes
-//! (health check, Explore log query with `categorize-labels`, metric query with an `ms`
-//! step, label browser, series), live tail over a real WebSocket while pushing, the `lode`
-//! CLI against a live server, bad input, and concurrent heavy queries.
+//! (health check, Explore log query with `categorize-labels` from heads and segments,
+//! metric query with an `ms` step, label browser, series), live tail over a real
+//! WebSocket while pushing (`limit`, `start`, `delay_for`, replay from segments), the
+//! `lode` CLI against a live server (time range, output forms, tail, tenant), bad input,
+//! `query_timeout` and `max_query_series`, and concurrent heavy queries.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
 
@@ -323,6 +325,305 @@ async fn live_tail_replays_then_streams_new_pushes_over_a_websocket() {
     server.stop().await;
 }
 
+type Tail =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/loki/api/v1/tail` with `params` over a WebSocket.
+async fn open_tail(server: &TestServer, params: &[(&str, &str)]) -> Tail {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let url = format!(
+        "{}/loki/api/v1/tail?{query}",
+        server.url.replacen("http://", "ws://", 1)
+    );
+    tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap()
+        .0
+}
+
+/// `(timestamp, line)` of the entries of tail messages, read until `want` came.
+async fn tail_values(ws: &mut Tail, want: usize) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    while out.len() < want {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{want} tailed entries within 10s, got {out:?}"))
+            .expect("socket open")
+            .unwrap();
+        let Message::Text(text) = msg else { continue };
+        let v: Value = serde_json::from_str(text.as_str()).unwrap();
+        for s in v["streams"].as_array().unwrap() {
+            for value in s["values"].as_array().unwrap() {
+                let ts = value[0].as_str().unwrap().parse().unwrap();
+                out.push((ts, value[1].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Lines of `(timestamp, line)` pairs.
+fn lines_of(values: &[(i64, String)]) -> Vec<&str> {
+    values.iter().map(|(_, l)| l.as_str()).collect()
+}
+
+/// Pushes `(timestamp, line)` entries to `{app="<app>"}`.
+async fn push_at(server: &TestServer, app: &str, entries: &[(i64, &str)]) {
+    let values: Vec<Value> = entries
+        .iter()
+        .map(|(ts, line)| serde_json::json!([ts.to_string(), line]))
+        .collect();
+    let body = serde_json::json!({"streams": [{"stream": {"app": app}, "values": values}]});
+    let (status, text) = server.push_json(None, &body).await;
+    assert_eq!(status, 204, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tail_replays_the_newest_limit_entries_since_start() {
+    let server = TestServer::start(CONFIG).await;
+    let sec = 1_000_000_000_i64;
+    let now = now_ns();
+    let mut entries = vec![(now - 2400 * sec, "forty minutes ago")];
+    let recent = ["r1", "r2", "r3", "r4", "r5"];
+    for (i, line) in recent.iter().enumerate() {
+        entries.push((now - 300 * sec + i as i64 * sec, line));
+    }
+    push_at(&server, "replay", &entries).await;
+    let sel = r#"{app="replay"}"#;
+    let start = (now - 600 * sec).to_string();
+
+    // `limit` caps the replay to the newest entries since `start`, sent oldest first;
+    // live entries still come after it.
+    let mut ws = open_tail(
+        &server,
+        &[("query", sel), ("start", start.as_str()), ("limit", "3")],
+    )
+    .await;
+    assert_eq!(lines_of(&tail_values(&mut ws, 3).await), ["r3", "r4", "r5"]);
+    push_at(&server, "replay", &[(now_ns(), "live")]).await;
+    assert_eq!(lines_of(&tail_values(&mut ws, 1).await), ["live"]);
+    ws.send(Message::Close(None)).await.unwrap();
+
+    // `start` bounds the replay; without it the replay reaches back an hour.
+    let mut ws = open_tail(
+        &server,
+        &[("query", sel), ("start", start.as_str()), ("limit", "10")],
+    )
+    .await;
+    assert_eq!(
+        lines_of(&tail_values(&mut ws, 6).await),
+        ["r1", "r2", "r3", "r4", "r5", "live"]
+    );
+    ws.send(Message::Close(None)).await.unwrap();
+    let mut ws = open_tail(&server, &[("query", sel)]).await;
+    assert_eq!(
+        lines_of(&tail_values(&mut ws, 7).await),
+        ["forty minutes ago", "r1", "r2", "r3", "r4", "r5", "live"]
+    );
+    ws.send(Message::Close(None)).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tail_sends_an_entry_once_delay_for_has_passed_since_its_timestamp() {
+    let server = TestServer::start(CONFIG).await;
+    let sec = 1_000_000_000_i64;
+    let sel = r#"{app="delayed"}"#;
+    push_at(&server, "delayed", &[(now_ns() - 30 * sec, "replayed")]).await;
+    let mut ws = open_tail(&server, &[("query", sel), ("delay_for", "2")]).await;
+    // The replay came: what follows is live.
+    assert_eq!(lines_of(&tail_values(&mut ws, 1).await), ["replayed"]);
+    // A fresh entry waits for delay_for; one from a slow sender, already older than
+    // the delay, pushed just after it, goes out first.
+    let ts = now_ns();
+    push_at(&server, "delayed", &[(ts, "fresh")]).await;
+    let late = now_ns() - 20 * sec;
+    push_at(&server, "delayed", &[(late, "late")]).await;
+    assert_eq!(tail_values(&mut ws, 1).await, [(late, "late".to_string())]);
+    let got = tail_values(&mut ws, 1).await;
+    let received = now_ns();
+    assert_eq!(got, [(ts, "fresh".to_string())]);
+    assert!(
+        received - ts >= 2 * sec,
+        "sent {} ms after its timestamp, before delay_for",
+        (received - ts) / 1_000_000
+    );
+    ws.send(Message::Close(None)).await.unwrap();
+
+    // Loki's bounds: at most 5 seconds, a whole number.
+    for (delay, needle) in [
+        ("6", "delay_for can't be greater than 5"),
+        ("1.5", "invalid delay_for \"1.5\""),
+    ] {
+        let params = [("query", sel.to_string()), ("delay_for", delay.to_string())];
+        let (status, body) = get_json(&server, "/loki/api/v1/tail", &params).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains(needle), "{body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tail_replays_entries_from_segments_after_a_flush_and_a_restart() {
+    let yaml = CONFIG;
+    let server = TestServer::start(yaml).await;
+    let sec = 1_000_000_000_i64;
+    let base = now_ns() - 60 * sec;
+    push_at(
+        &server,
+        "stored",
+        &[(base, "flushed-1"), (base + sec, "flushed-2")],
+    )
+    .await;
+    assert_eq!(server.post_flush().await.0, 204);
+    push_at(&server, "stored", &[(base + 2 * sec, "at-shutdown-3")]).await;
+    let dir = server.stop().await;
+    let server = TestServer::restart(yaml, dir).await;
+    assert!(
+        server.head_lines("fake", r#"{app="stored"}"#).is_empty(),
+        "everything is in segments after a clean stop"
+    );
+    push_at(&server, "stored", &[(base + 3 * sec, "head-4")]).await;
+
+    let mut ws = open_tail(&server, &[("query", r#"{app="stored"}"#), ("limit", "10")]).await;
+    assert_eq!(
+        lines_of(&tail_values(&mut ws, 4).await),
+        ["flushed-1", "flushed-2", "at-shutdown-3", "head-4"]
+    );
+    push_at(&server, "stored", &[(now_ns(), "live-5")]).await;
+    assert_eq!(lines_of(&tail_values(&mut ws, 1).await), ["live-5"]);
+    ws.send(Message::Close(None)).await.unwrap();
+    server.stop().await;
+}
+
+/// `(timestamp, line, categories)` of every value of a `categorize-labels` log query,
+/// in time order, after checking the envelope's shape.
+async fn categorized(server: &TestServer, query: &str, start: i64, end: i64) -> Vec<Value> {
+    let params = [
+        ("query", query.to_string()),
+        ("start", start.to_string()),
+        ("end", end.to_string()),
+        ("direction", "forward".to_string()),
+    ];
+    let r = server
+        .client
+        .get(format!("{}/loki/api/v1/query_range", server.url))
+        .query(&params)
+        .header("X-Loki-Response-Encoding-Flags", "categorize-labels")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["data"]["encodingFlags"],
+        serde_json::json!(["categorize-labels"]),
+        "{text}"
+    );
+    let mut out = Vec::new();
+    for s in v["data"]["result"].as_array().unwrap() {
+        // Only indexed labels stay in the stream.
+        assert_eq!(s["stream"], serde_json::json!({"app": "cat"}), "{text}");
+        for value in s["values"].as_array().unwrap() {
+            let value = value.as_array().unwrap();
+            assert_eq!(value.len(), 3, "{text}");
+            assert!(value[0].is_string() && value[1].is_string(), "{text}");
+            out.push(Value::Array(value.clone()));
+        }
+    }
+    out.sort_by_key(|v| v[0].as_str().unwrap().parse::<i64>().unwrap());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn categorize_labels_separates_metadata_and_parsed_labels_from_heads_and_segments() {
+    use serde_json::json;
+    let yaml = CONFIG;
+    let server = TestServer::start(yaml).await;
+    let base = now_ns() - 5_000_000_000;
+    let ts = |i: i64| (base + i).to_string();
+    let body = serde_json::json!({"streams": [{
+        "stream": {"app": "cat"},
+        "values": [
+            [ts(0), r#"{"status":500,"msg":"boom"}"#, {"trace_id": "abc", "user": "u1"}],
+            [ts(1), r#"{"status":200,"msg":"ok"}"#],
+            [ts(2), r#"{"status":404,"msg":"gone"}"#, {"trace_id": "def"}],
+        ]
+    }]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    let (start, end) = (base - 1_000_000_000, base + 1_000_000_000);
+    let plain_want = vec![
+        json!([ts(0), r#"{"status":500,"msg":"boom"}"#, {"structuredMetadata": {"trace_id": "abc", "user": "u1"}}]),
+        json!([ts(1), r#"{"status":200,"msg":"ok"}"#, {}]),
+        json!([ts(2), r#"{"status":404,"msg":"gone"}"#, {"structuredMetadata": {"trace_id": "def"}}]),
+    ];
+    let parsed_want = vec![
+        json!([ts(0), r#"{"status":500,"msg":"boom"}"#, {"structuredMetadata": {"trace_id": "abc", "user": "u1"}, "parsed": {"msg": "boom", "status": "500"}}]),
+        json!([ts(1), r#"{"status":200,"msg":"ok"}"#, {"parsed": {"msg": "ok", "status": "200"}}]),
+        json!([ts(2), r#"{"status":404,"msg":"gone"}"#, {"structuredMetadata": {"trace_id": "def"}, "parsed": {"msg": "gone", "status": "404"}}]),
+    ];
+    let formatted_want = vec![
+        json!([ts(0), "boom", {"structuredMetadata": {"trace_id": "abc", "user": "u1"}, "parsed": {"msg": "boom", "status": "500"}}]),
+        json!([ts(2), "gone", {"structuredMetadata": {"trace_id": "def"}, "parsed": {"msg": "gone", "status": "404"}}]),
+    ];
+    let cases = [
+        (r#"{app="cat"}"#, plain_want),
+        (r#"{app="cat"} | json"#, parsed_want),
+        (
+            r#"{app="cat"} | json | status >= 400 | line_format "{{.msg}}""#,
+            formatted_want,
+        ),
+    ];
+    for (query, want) in &cases {
+        assert_eq!(
+            &categorized(&server, query, start, end).await,
+            want,
+            "heads: {query}"
+        );
+    }
+
+    // After a restart the entries come from segments, with the same categories.
+    let dir = server.stop().await;
+    let server = TestServer::restart(yaml, dir).await;
+    assert!(server.head_lines("fake", r#"{app="cat"}"#).is_empty());
+    for (query, want) in &cases {
+        assert_eq!(
+            &categorized(&server, query, start, end).await,
+            want,
+            "segments: {query}"
+        );
+    }
+    // Without the flag, metadata and parsed labels are stream labels again.
+    let params = [
+        ("query", r#"{app="cat"} | json"#.to_string()),
+        ("start", start.to_string()),
+        ("end", end.to_string()),
+    ];
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["data"].get("encodingFlags").is_none());
+    let mut streams: Vec<Value> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stream"].clone())
+        .collect();
+    streams.sort_by_key(|s| s["msg"].as_str().unwrap().to_string());
+    assert_eq!(
+        streams,
+        [
+            json!({"app": "cat", "msg": "boom", "status": "500", "trace_id": "abc", "user": "u1"}),
+            json!({"app": "cat", "msg": "gone", "status": "404", "trace_id": "def"}),
+            json!({"app": "cat", "msg": "ok", "status": "200"}),
+        ]
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_status_and_message() {
     let server = TestServer::start(CONFIG).await;
@@ -500,35 +801,206 @@ async fn a_huge_get_query_string_gets_a_4xx_and_the_server_stays_up() {
     server.stop().await;
 }
 
+/// Pushes `n` JSON lines `{"level":..,"i":..,"msg":"request handled in <i>ms"}` to
+/// `{app="heavy"}`, 10 ms apart from `base`, the first `flushed` of them written to
+/// segments and the rest left in the head. Levels cycle info, warn, error.
+async fn push_heavy(server: &TestServer, base: i64, n: usize, flushed: usize) {
+    let levels = ["info", "warn", "error"];
+    let line = |i: usize| {
+        format!(
+            r#"{{"level":"{}","i":{i},"msg":"request handled in {i}ms"}}"#,
+            levels[i % 3]
+        )
+    };
+    for (from, to) in [(0, flushed), (flushed, n)] {
+        for lo in (from..to).step_by(10_000) {
+            let values: Vec<Value> = (lo..to.min(lo + 10_000))
+                .map(|i| serde_json::json!([(base + i as i64 * 10_000_000).to_string(), line(i)]))
+                .collect();
+            let body =
+                serde_json::json!({"streams": [{"stream": {"app": "heavy"}, "values": values}]});
+            let (status, text) = server.push_json(None, &body).await;
+            assert_eq!(status, 204, "{text}");
+        }
+        if from == 0 && flushed > 0 {
+            assert_eq!(server.post_flush().await.0, 204);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_concurrent_heavy_queries_leave_the_server_healthy() {
-    let server = TestServer::start(CONFIG).await;
-    let lines: Vec<String> = (0..5000)
-        .map(|i| format!(r#"{{"level":"info","i":{i},"msg":"request handled in {i}ms"}}"#))
-        .collect();
-    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    push_lines(&server, &serde_json::json!({"app": "heavy"}), &refs).await;
+async fn eight_concurrent_heavy_queries_each_get_their_answer_or_a_timeout() {
+    // A time limit well above what the queries need, so a slow machine answers 504
+    // instead of hanging the suite.
+    let server = TestServer::start(&format!(
+        "{CONFIG}  query_timeout: 15s\n  ingestion_rate_mb: 0\n"
+    ))
+    .await;
+    let n = 120_000;
+    let base = now_ns() - 25 * 60_000_000_000;
+    push_heavy(&server, base, n, 100_000).await;
+    let at = base + n as i64 * 10_000_000 + 1;
+
+    // Eight different pipelines (no query reuses another's cached samples), each
+    // parsing every line and searching a 2.5 KB line built from it, more at once than
+    // the querier runs: sum by level of the lines whose `i` ends in `d`.
     let mut tasks = Vec::new();
-    for _ in 0..8 {
+    for d in 0..8usize {
         let client = server.client.clone();
-        let url = format!("{}/loki/api/v1/query_range", server.url);
-        let mut params = window();
-        params.push((
-            "query",
-            r#"sum by (level) (rate({app="heavy"} | json | line_format "{{.msg}}" |~ ".*handled.*[0-9]+ms" [5m]))"#
-                .to_string(),
-        ));
-        params.push(("step", "1s".to_string()));
+        let url = format!("{}/loki/api/v1/query", server.url);
+        let query = format!(
+            r#"sum by (level) (count_over_time({{app="heavy"}} | json | line_format "{{{{ repeat 100 .msg }}}}" |~ "handled in [0-9]*{d}ms" [1h]))"#
+        );
+        let params = [("query", query), ("time", at.to_string())];
         tasks.push(tokio::spawn(async move {
             let r = client.get(url).query(&params).send().await.unwrap();
-            r.status().as_u16()
+            (d, r.status().as_u16(), r.text().await.unwrap())
         }));
     }
+    let levels = ["info", "warn", "error"];
+    let mut answered = 0;
     for t in tasks {
-        let status = t.await.unwrap();
-        assert!(status == 200 || status == 504, "status {status}");
+        let (d, status, body) = t.await.unwrap();
+        if status == 504 {
+            assert!(body.starts_with("request timed out"), "{d}: {body}");
+            continue;
+        }
+        assert_eq!(status, 200, "{d}: {body}");
+        answered += 1;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let mut got: Vec<(String, String)> = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let level = s["metric"]["level"].as_str().unwrap().to_string();
+                (level, s["value"][1].as_str().unwrap().to_string())
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = levels
+            .iter()
+            .enumerate()
+            .map(|(l, level)| {
+                let count = (0..n).filter(|i| i % 10 == d && i % 3 == l).count();
+                (level.to_string(), count.to_string())
+            })
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{d}: {body}");
     }
-    assert_eq!(server.get_text("/ready").await.0, 200);
+    eprintln!("{answered} of 8 heavy queries answered in time");
+
+    // Healthy afterwards: a count and a search over the same data are right.
+    let count = instant(&server, r#"count_over_time({app="heavy"}[1h])"#, at).await;
+    assert_eq!(
+        count,
+        [(n.to_string(), serde_json::json!({"app": "heavy"}))]
+    );
+    let mut params = window();
+    params.push(("query", r#"{app="heavy"} | json | i = 12345"#.to_string()));
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let lines: Vec<&str> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["values"].as_array().unwrap())
+        .map(|e| e[1].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [r#"{"level":"info","i":12345,"msg":"request handled in 12345ms"}"#],
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_its_time_limit_gets_504_and_the_next_query_is_answered() {
+    let server = TestServer::start(&format!(
+        "{CONFIG}  query_timeout: 1s\n  max_query_series: 3\ningester:\n  chunk_block_size: 16384\n"
+    ))
+    .await;
+    let n = 20_000;
+    let base = now_ns() - 15 * 60_000_000_000;
+    push_heavy(&server, base, n, n).await;
+    let at = base + n as i64 * 10_000_000 + 1;
+
+    // Every line becomes a 1 MB line before the regex reads it: far more than a second
+    // of work on any machine, and the blocks are small, so the query stops soon after.
+    let heavy = r#"count_over_time({app="heavy"} | json | line_format "{{ repeat 40000 .msg }}" |~ "handled in [0-9]+ms$" [1h])"#;
+    let params = [("query", heavy.to_string()), ("time", at.to_string())];
+    let r = server
+        .client
+        .get(format!("{}/loki/api/v1/query", server.url))
+        .query(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; charset=utf-8",
+        "Loki's error answers are plain text"
+    );
+    let body = r.text().await.unwrap();
+    assert!(
+        body.starts_with(
+            "request timed out, decrease the duration of the request or add more label matchers"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("query_timeout = 1s"), "{body}");
+
+    // The server answers the next queries, over the same data, correctly.
+    let count = instant(&server, r#"count_over_time({app="heavy"}[1h])"#, at).await;
+    assert_eq!(
+        count,
+        [(n.to_string(), serde_json::json!({"app": "heavy"}))]
+    );
+    let params = [
+        ("query", r#"{app="heavy"}"#.to_string()),
+        ("start", base.to_string()),
+        ("end", at.to_string()),
+        ("limit", "2".to_string()),
+    ];
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let values = v["data"]["result"][0]["values"].as_array().unwrap();
+    let lines: Vec<&str> = values.iter().map(|e| e[1].as_str().unwrap()).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"level":"warn","i":19999,"msg":"request handled in 19999ms"}"#,
+            r#"{"level":"info","i":19998,"msg":"request handled in 19998ms"}"#
+        ]
+    );
+
+    // max_query_series: a range query with more series than allowed in a step is
+    // refused with Loki's message; fewer series, and instant queries, are answered.
+    let range = |query: &str| {
+        vec![
+            ("query", query.to_string()),
+            ("start", (at - 60_000_000_000).to_string()),
+            ("end", at.to_string()),
+            ("step", "30s".to_string()),
+        ]
+    };
+    let by_i = r#"sum by (i) (count_over_time({app="heavy"} | json | i > 19995 [1h]))"#;
+    let (status, body) = get_json(&server, "/loki/api/v1/query_range", &range(by_i)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.starts_with("maximum number of series (3) reached for a single query"),
+        "{body}"
+    );
+    let by_level = r#"sum by (level) (count_over_time({app="heavy"} | json | i > 19995 [1h]))"#;
+    let series = range_matrix(&server, by_level, at - 60_000_000_000, at, "30s").await;
+    assert_eq!(series.len(), 3, "{series:?}");
+    let samples = instant(&server, by_i, at).await;
+    assert_eq!(samples.len(), 4, "{samples:?}");
     server.stop().await;
 }
 
@@ -594,6 +1066,271 @@ async fn the_lode_cli_queries_a_live_server() {
     assert_eq!(labels, "app\nenv\n");
     let series = run(vec!["series", r#"{env="test"}"#]).await.unwrap();
     assert_eq!(series, "{app=\"cli\", env=\"test\"}\n");
+    server.stop().await;
+}
+
+/// Runs the real `lode` binary with `args` and `env` (logcli's `LOKI_*` variables of
+/// the test's own environment removed first).
+async fn lode_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lode"))
+            .args(&args)
+            .env_remove("LOKI_ADDR")
+            .env_remove("LOKI_ORG_ID")
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Stdout of a `lode` run that must succeed.
+fn cli_stdout(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "lode failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Unix nanoseconds as the CLI prints them: RFC3339 with nanoseconds, UTC.
+fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp(ns / 1_000_000_000, (ns % 1_000_000_000) as u32)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lode_cli_honours_since_from_and_to_and_prints_every_output_form() {
+    let server = TestServer::start(CONFIG).await;
+    let sec = 1_000_000_000_i64;
+    // A whole minute about ten minutes ago, so metric steps fall on known points.
+    let t = (now_ns() - 600 * sec) / (60 * sec) * (60 * sec);
+    let body = serde_json::json!({"streams": [
+        {"stream": {"app": "cli", "env": "old"}, "values": [[(now_ns() - 7200 * sec).to_string(), "two hours ago"]]},
+        {"stream": {"app": "cli", "env": "test"}, "values": [
+            [(t + 10 * sec).to_string(), "one"],
+            [(t + 20 * sec).to_string(), "two"],
+            [(t + 70 * sec).to_string(), "three"],
+        ]},
+    ]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    let url = server.url.as_str();
+    let run = |args: Vec<String>| async move {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend(["--addr", url]);
+        cli_stdout(lode_cli(&all, &[]).await)
+    };
+    let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let sel = r#"{app="cli"}"#;
+
+    // --since: the window ends now and reaches back that far.
+    let recent = run(strings(&[
+        "query",
+        sel,
+        "-o",
+        "raw",
+        "--forward",
+        "--since",
+        "1h",
+    ]))
+    .await;
+    assert_eq!(recent, "one\ntwo\nthree\n");
+    let all = run(strings(&[
+        "query",
+        sel,
+        "-o",
+        "raw",
+        "--forward",
+        "--since",
+        "3h",
+    ]))
+    .await;
+    assert_eq!(all, "two hours ago\none\ntwo\nthree\n");
+
+    // --from (RFC3339) is inclusive, --to (unix ns) exclusive.
+    let (from, to) = (rfc3339(t + 10 * sec), (t + 70 * sec).to_string());
+    let range = |output: &str| {
+        strings(&[
+            "query",
+            sel,
+            "--from",
+            from.as_str(),
+            "--to",
+            to.as_str(),
+            "--output",
+            output,
+        ])
+    };
+    assert_eq!(run(range("raw")).await, "two\none\n");
+    let default = run(range("default")).await;
+    assert_eq!(
+        default,
+        format!(
+            "{} {{app=\"cli\", env=\"test\"}} two\n{} {{app=\"cli\", env=\"test\"}} one\n",
+            rfc3339(t + 20 * sec),
+            rfc3339(t + 10 * sec)
+        )
+    );
+    let jsonl = run(range("jsonl")).await;
+    let rows: Vec<Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!({"timestamp": rfc3339(t + 20 * sec), "labels": {"app": "cli", "env": "test"}, "line": "two"}),
+            serde_json::json!({"timestamp": rfc3339(t + 10 * sec), "labels": {"app": "cli", "env": "test"}, "line": "one"}),
+        ]
+    );
+
+    // A range metric query: a table of points per series, and jsonl samples.
+    let metric = |output: &str| {
+        strings(&[
+            "query",
+            r#"count_over_time({app="cli", env="test"}[1m])"#,
+            "--from",
+            rfc3339(t).as_str(),
+            "--to",
+            rfc3339(t + 120 * sec).as_str(),
+            "--step",
+            "60s",
+            "-o",
+            output,
+        ])
+    };
+    let table = run(metric("default")).await;
+    assert_eq!(
+        table,
+        format!(
+            "{{app=\"cli\", env=\"test\"}}\n  {}  2\n  {}  1\n",
+            rfc3339(t + 60 * sec),
+            rfc3339(t + 120 * sec)
+        )
+    );
+    let samples: Vec<Value> = run(metric("jsonl"))
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let metric_labels = serde_json::json!({"app": "cli", "env": "test"});
+    assert_eq!(
+        samples,
+        [
+            serde_json::json!({"metric": metric_labels, "timestamp": (t / sec + 60), "value": "2"}),
+            serde_json::json!({"metric": metric_labels, "timestamp": (t / sec + 120), "value": "1"}),
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lode_cli_tails_a_live_server_from_since() {
+    use std::io::BufRead;
+    let server = TestServer::start(CONFIG).await;
+    let sec = 1_000_000_000_i64;
+    let now = now_ns();
+    let body = serde_json::json!({"streams": [{"stream": {"app": "tailcli"}, "values": [
+        [(now - 1800 * sec).to_string(), "half an hour ago"],
+        [(now - 10 * sec).to_string(), "ten seconds ago"],
+    ]}]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lode"))
+        .args([
+            "query",
+            r#"{app="tailcli"}"#,
+            "--tail",
+            "--since",
+            "5m",
+            "-o",
+            "raw",
+            "--addr",
+            &server.url,
+        ])
+        .env_remove("LOKI_ADDR")
+        .env_remove("LOKI_ORG_ID")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a tailed line within 10s")
+            .expect("lode still running")
+    }
+    // The replay covers --since (5m), not the server's default hour.
+    assert_eq!(next(&mut rx).await, "ten seconds ago");
+    let body = serde_json::json!({"streams": [{"stream": {"app": "tailcli"}, "values": [
+        [now_ns().to_string(), "pushed while tailing"],
+    ]}]});
+    assert_eq!(server.push_json(None, &body).await.0, 204);
+    assert_eq!(next(&mut rx).await, "pushed while tailing");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lode_cli_takes_tenant_and_address_from_flags_or_logcli_variables() {
+    let server = TestServer::start(&format!("auth_enabled: true\n{CONFIG}")).await;
+    let base = now_ns() - 5_000_000_000;
+    for (tenant, line) in [("team-a", "line of a"), ("team-b", "line of b")] {
+        let body = serde_json::json!({"streams": [{"stream": {"app": "shared"}, "values": [[base.to_string(), line]]}]});
+        assert_eq!(server.push_json(Some(tenant), &body).await.0, 204);
+    }
+    let url = server.url.as_str();
+    let query = ["query", r#"{app="shared"}"#, "-o", "raw"];
+
+    let a = lode_cli(
+        &[&query[..], &["--org-id", "team-a", "--addr", url]].concat(),
+        &[],
+    )
+    .await;
+    assert_eq!(cli_stdout(a), "line of a\n");
+    let b = lode_cli(&query, &[("LOKI_ADDR", url), ("LOKI_ORG_ID", "team-b")]).await;
+    assert_eq!(cli_stdout(b), "line of b\n");
+    // The flag wins over the variable, as in logcli.
+    let a = lode_cli(
+        &[&query[..], &["--org-id", "team-a"]].concat(),
+        &[("LOKI_ADDR", url), ("LOKI_ORG_ID", "team-b")],
+    )
+    .await;
+    assert_eq!(cli_stdout(a), "line of a\n");
+    let labels = lode_cli(
+        &["labels"],
+        &[("LOKI_ADDR", url), ("LOKI_ORG_ID", "team-b")],
+    )
+    .await;
+    assert_eq!(cli_stdout(labels), "app\n");
+
+    // Without a tenant the server refuses, and the CLI says why.
+    let none = lode_cli(&[&query[..], &["--addr", url]].concat(), &[]).await;
+    assert!(!none.status.success());
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("no org id"),
+        "{stderr}"
+    );
     server.stop().await;
 }
 

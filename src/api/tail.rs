@@ -2,8 +2,9 @@
 //!
 //! Owns the tail session: the query is validated before the upgrade (a bad query is a
 //! plain-text 400, never a socket), then the replay of up to `limit` stored entries from
-//! `start`, oldest first, then the entries pushed since, run through the query's pipeline,
-//! every `delay_for` seconds or half a second, with a ping every second. Fatal errors and
+//! `start` (the newest ones, sent oldest first), then the entries pushed since, run through
+//! the query's pipeline and sent every half second once `delay_for` seconds have passed
+//! since their timestamps, with a ping every second. Fatal errors and
 //! the one-hour session limit close the socket with code 1011 and the reason. It does not
 //! own pipeline semantics: each batch of live entries is evaluated by query-lang over an
 //! in-memory source, so a tail prints exactly what a query over the same entries would.
@@ -64,15 +65,20 @@ pub async fn tail(
         None => now - 3_600_000_000_000,
     };
     let delay_secs = match req.params.get("delay_for") {
-        Some(s) => s
-            .parse::<u64>()
-            .ok()
-            .filter(|d| *d <= MAX_DELAY_FOR_SECS)
-            .ok_or_else(|| {
+        Some(s) => {
+            let secs = s.parse::<u64>().map_err(|_| {
                 ApiError::bad_request(format!(
-                    "delay_for must be an integer number of seconds between 0 and {MAX_DELAY_FOR_SECS}, got {s:?}"
+                    "invalid delay_for {s:?}: expected a whole number of seconds from 0 to {MAX_DELAY_FOR_SECS}"
                 ))
-            })?,
+            })?;
+            if secs > MAX_DELAY_FOR_SECS {
+                // Loki's words, then the value.
+                return Err(ApiError::bad_request(format!(
+                    "delay_for can't be greater than {MAX_DELAY_FOR_SECS} (got {secs})"
+                )));
+            }
+            secs
+        }
         None => 0,
     };
     let ws =
@@ -117,7 +123,8 @@ impl Session {
         let end = params::now_ns();
         let mut params = QueryParams::range(self.start, end, 1_000_000_000);
         params.limit = self.limit;
-        params.direction = Direction::Forward;
+        // Loki replays the newest `limit` entries (a backward query), oldest first.
+        params.direction = Direction::Backward;
         params.categorize_labels = self.categorize;
         match self
             .api
@@ -125,8 +132,12 @@ impl Session {
             .query(&self.tenant, self.expr.clone(), params)
             .await
         {
-            Ok((result, _)) => {
-                if let QueryResult::Streams { streams, .. } = &result {
+            Ok((mut result, _)) => {
+                if let QueryResult::Streams { streams, .. } = &mut result {
+                    for s in streams.iter_mut() {
+                        s.entries.reverse();
+                    }
+                    streams.sort_by_key(|s| s.entries.first().map(|e| e.timestamp_ns));
                     for e in streams.iter().flat_map(|s| &s.entries) {
                         self.replayed.insert((e.timestamp_ns, e.line.clone()));
                     }
@@ -141,7 +152,7 @@ impl Session {
         }
         let deadline = tokio::time::Instant::now() + MAX_TAIL_DURATION;
         let mut ping = tokio::time::interval(Duration::from_secs(1));
-        let mut flush = tokio::time::interval(self.delay.max(POLL));
+        let mut flush = tokio::time::interval(POLL);
         let mut pending: Vec<Arc<Pushed>> = Vec::new();
         loop {
             tokio::select! {
@@ -154,10 +165,10 @@ impl Session {
                     }
                 }
                 _ = flush.tick() => {
-                    if pending.is_empty() {
+                    let batch = self.due(&mut pending, params::now_ns());
+                    if batch.is_empty() {
                         continue;
                     }
-                    let batch = std::mem::take(&mut pending);
                     match self.live_result(&batch) {
                         Ok(Some(result)) => {
                             for msg in self.messages(&result) {
@@ -171,7 +182,8 @@ impl Session {
                     }
                 }
                 pushed = self.live.recv() => match pushed {
-                    Ok(p) if p.tenant == self.tenant => pending.push(p),
+                    // Only what the selector takes waits for its delay.
+                    Ok(p) if p.tenant == self.tenant && self.selects(&p) => pending.push(p),
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(tenant = %self.tenant, skipped = n, "tail client too slow; live pushes dropped");
@@ -188,22 +200,59 @@ impl Session {
         }
     }
 
-    /// The query's answer over a batch of live pushes: streams matching the selector,
+    /// Takes out of `pending` the entries due at `now_ns`: as in Loki, an entry is sent
+    /// once `delay_for` has passed since its timestamp (so slow senders' entries can
+    /// still be merged in order); the rest stay pending.
+    fn due(&self, pending: &mut Vec<Arc<Pushed>>, now_ns: i64) -> Vec<Arc<Pushed>> {
+        let delay_ns = i64::try_from(self.delay.as_nanos()).unwrap_or(i64::MAX);
+        let due_before = now_ns.saturating_sub(delay_ns);
+        let mut due = Vec::new();
+        let mut held = Vec::new();
+        for p in pending.drain(..) {
+            if p.entries.iter().all(|e| e.timestamp_ns < due_before) {
+                due.push(p);
+            } else if p.entries.iter().all(|e| e.timestamp_ns >= due_before) {
+                held.push(p);
+            } else {
+                let (now, later): (Vec<Entry>, Vec<Entry>) = p
+                    .entries
+                    .iter()
+                    .cloned()
+                    .partition(|e| e.timestamp_ns < due_before);
+                let part = |entries| {
+                    Arc::new(Pushed {
+                        tenant: p.tenant.clone(),
+                        labels: p.labels.clone(),
+                        entries,
+                    })
+                };
+                due.push(part(now));
+                held.push(part(later));
+            }
+        }
+        *pending = held;
+        due
+    }
+
+    /// True when the query's stream selector takes the pushed stream.
+    fn selects(&self, p: &Pushed) -> bool {
+        let Expr::Log(sel) = &self.expr else {
+            return false;
+        };
+        sel.matchers
+            .iter()
+            .all(|m| m.matches(p.labels.get(&m.name).unwrap_or("")))
+    }
+
+    /// The query's answer over a batch of live pushes (of streams the selector takes),
     /// through the pipeline, oldest first.
     fn live_result(&mut self, batch: &[Arc<Pushed>]) -> Result<Option<QueryResult>, String> {
-        let Expr::Log(sel) = &self.expr else {
+        if !matches!(self.expr, Expr::Log(_)) {
             return Ok(None);
-        };
+        }
         let mut source = InMemorySource::new();
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         for p in batch {
-            if !sel
-                .matchers
-                .iter()
-                .all(|m| m.matches(p.labels.get(&m.name).unwrap_or("")))
-            {
-                continue;
-            }
             // A push racing the replay may already have been sent by it.
             let entries: Vec<Entry> = p
                 .entries
