@@ -466,6 +466,32 @@ async fn live_tail_sends_an_entry_once_delay_for_has_passed_since_its_timestamp(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tail_without_delay_for_sends_an_entry_stamped_ahead_of_the_clock_at_once() {
+    let server = TestServer::start(CONFIG).await;
+    let sel = r#"{app="ahead"}"#;
+    push_at(&server, "ahead", &[(now_ns() - 1_000_000_000, "replayed")]).await;
+    let mut ws = open_tail(&server, &[("query", sel)]).await;
+    assert_eq!(lines_of(&tail_values(&mut ws, 1).await), ["replayed"]);
+    // Two minutes ahead (a sender's clock running fast, inside the creation grace
+    // period): accepted, and tailed now rather than when the clock reaches it.
+    let ahead = now_ns() + 120 * 1_000_000_000;
+    let sent = std::time::Instant::now();
+    push_at(&server, "ahead", &[(ahead, "from the future")]).await;
+    assert_eq!(
+        tail_values(&mut ws, 1).await,
+        [(ahead, "from the future".to_string())]
+    );
+    // Not a timing benchmark: held until its timestamp, it would take two minutes.
+    assert!(
+        sent.elapsed() < Duration::from_secs(60),
+        "tailed only after {:?}",
+        sent.elapsed()
+    );
+    ws.send(Message::Close(None)).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_tail_replays_entries_from_segments_after_a_flush_and_a_restart() {
     let yaml = CONFIG;
     let server = TestServer::start(yaml).await;

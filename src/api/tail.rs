@@ -204,6 +204,11 @@ impl Session {
     /// once `delay_for` has passed since its timestamp (so slow senders' entries can
     /// still be merged in order); the rest stay pending.
     fn due(&self, pending: &mut Vec<Arc<Pushed>>, now_ns: i64) -> Vec<Arc<Pushed>> {
+        // Without a delay everything goes at once, entries stamped a little ahead of this
+        // clock (within the creation grace period) too.
+        if self.delay.is_zero() {
+            return std::mem::take(pending);
+        }
         let delay_ns = i64::try_from(self.delay.as_nanos()).unwrap_or(i64::MAX);
         let due_before = now_ns.saturating_sub(delay_ns);
         let mut due = Vec::new();
