@@ -286,16 +286,8 @@ fn report(layout: &str, total: usize, failures: &[String]) {
     }
 }
 
-/// As Loki was run for the expected answers: old samples accepted (the dataset is from
-/// 2026-01-01), service-name and log-level discovery off; nothing hidden by retention.
-const CONFIG: &str = r#"
-limits_config:
-  reject_old_samples: false
-  retention_period: 0s
-  max_query_lookback: 0s
-  discover_service_name: []
-  discover_log_levels: false
-"#;
+/// As Loki was run for the expected answers (the dataset is from 2026-01-01).
+const CONFIG: &str = common::OLD_DATA_CONFIG;
 
 async fn push(server: &TestServer, body: &Value) {
     let (status, text) = server.push_json(None, body).await;

@@ -12,16 +12,9 @@ use serde_json::{json, Value};
 
 use common::TestServer;
 
-/// Old samples accepted (the data below is from 2026-01-01), nothing hidden by retention,
-/// discovery off so streams are exactly what was pushed.
-const CONFIG: &str = r#"
-limits_config:
-  reject_old_samples: false
-  retention_period: 0s
-  max_query_lookback: 0s
-  discover_service_name: []
-  discover_log_levels: false
-"#;
+/// The data below is from 2026-01-01: old samples accepted, discovery off so streams are
+/// exactly what was pushed.
+const CONFIG: &str = common::OLD_DATA_CONFIG;
 
 /// 2026-01-01T00:00:00Z in seconds.
 const T0: i64 = 1_767_225_600;
@@ -49,17 +42,7 @@ async fn push(server: &TestServer, streams: &[(Value, &[(i64, usize)])]) {
 }
 
 async fn get(server: &TestServer, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
-    let r = server
-        .client
-        .get(format!("{}{path}", server.url))
-        .query(params)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body)
+    server.get_value(path, params).await
 }
 
 /// Three streams in the first two minutes of the day: `api/prod` 3 × 100 bytes at 0 s,

@@ -720,19 +720,7 @@ async fn bad_input_gets_a_clear_status_and_message() {
 
 /// POSTs `form` as `application/x-www-form-urlencoded` to `path`.
 async fn post_form(server: &TestServer, path: &str, form: &[(&str, String)]) -> (u16, Value) {
-    let r = server
-        .client
-        .post(format!("{}{path}", server.url))
-        .form(form)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    server.post_form(path, form).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,26 @@ pub struct TestServer {
     dir: tempfile::TempDir,
 }
 
+/// Limits for data older than a week, as Loki was run for the conformance answers: old
+/// samples accepted, nothing hidden by retention, service-name and level discovery off
+/// (streams are exactly what was pushed).
+pub const OLD_DATA_CONFIG: &str = r#"
+limits_config:
+  reject_old_samples: false
+  retention_period: 0s
+  max_query_lookback: 0s
+  discover_service_name: []
+  discover_log_levels: false
+"#;
+
+/// A response's status and body: JSON when it parses, else the text as a JSON string.
+async fn status_and_value(r: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}
+
 /// Now in Unix nanoseconds.
 pub fn now_ns() -> i64 {
     SystemTime::now()
@@ -100,6 +120,32 @@ impl TestServer {
         let r = self.get(path).await;
         let status = r.status().as_u16();
         (status, r.text().await.unwrap_or_default())
+    }
+
+    /// GET `path` with query `params`: status and body, as JSON when it parses, else as
+    /// a JSON string of the text (error bodies are plain text).
+    pub async fn get_value(&self, path: &str, params: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .query(params)
+            .send()
+            .await
+            .expect("GET");
+        status_and_value(r).await
+    }
+
+    /// POSTs `form` as `application/x-www-form-urlencoded` to `path`: status and body as
+    /// [`TestServer::get_value`] gives them.
+    pub async fn post_form(&self, path: &str, form: &[(&str, String)]) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .form(form)
+            .send()
+            .await
+            .expect("POST");
+        status_and_value(r).await
     }
 
     /// POSTs a body to `/loki/api/v1/push` with optional tenant and headers; returns
