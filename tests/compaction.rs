@@ -55,6 +55,15 @@ fn batch(base: i64, flush: i64) -> PushRequest {
     PushRequest { streams }
 }
 
+/// The first timestamp of the pushes: the start of the hour an hour ago, so the five
+/// minutes of entries fall in one UTC day (one segment per flush) whatever the time of
+/// day. `now - 1h` itself failed the tests run between 00:55 and 01:00 UTC, when the
+/// entries straddled midnight and every flush wrote two segments.
+fn one_day_base() -> i64 {
+    const HOUR_NS: i64 = 3_600_000_000_000;
+    (now_ns() - HOUR_NS) / HOUR_NS * HOUR_NS
+}
+
 /// Pushes [`FLUSHES`] batches, each followed by `POST /flush` (one segment each).
 async fn push_in_flushes(s: &TestServer, base: i64) {
     for flush in 0..FLUSHES {
@@ -186,7 +195,7 @@ async fn wait_for_compaction(s: &TestServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_merges_segments_and_every_query_answers_as_before_also_after_restart() {
-    let base = now_ns() - 3_600_000_000_000;
+    let base = one_day_base();
     let s = TestServer::start(NO_COMPACTION).await;
     push_in_flushes(&s, base).await;
     let before = answers(&s, base).await;
@@ -232,7 +241,7 @@ async fn compaction_merges_segments_and_every_query_answers_as_before_also_after
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_between_merge_and_delete_only_the_merged_segment_is_read() {
-    let base = now_ns() - 3_600_000_000_000;
+    let base = one_day_base();
     let s = TestServer::start(NO_COMPACTION).await;
     push_in_flushes(&s, base).await;
     let before = answers(&s, base).await;
