@@ -334,6 +334,19 @@ async fn detected_labels_come_from_the_index_without_id_like_labels() {
             {"label": "namespace", "cardinality": 1},
         ]})
     );
+    // Nothing selected: Loki's empty answer is `{}`, without the list.
+    let (status, body) = get(
+        &server,
+        "/loki/api/v1/detected_labels",
+        &[
+            ("query", r#"{app="none"}"#),
+            ("start", &start),
+            ("end", &end),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({}));
     server.stop().await;
 }
 

@@ -485,9 +485,14 @@ async fn detected_labels(State(api): ApiState, req: Request) -> Result<Response,
         .filter(|(label, v)| ALWAYS_DETECTED.contains(label) || !looks_like_ids(v))
         .map(|(label, v)| serde_json::json!({"label": label, "cardinality": v.len()}))
         .collect();
-    Ok(json_response(
-        &serde_json::json!({"detectedLabels": detected}),
-    ))
+    // Loki omits the empty list, answering `{}`; Grafana then falls back to the label and
+    // series APIs.
+    let body = if detected.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({"detectedLabels": detected})
+    };
+    Ok(json_response(&body))
 }
 
 /// Labels `detected_labels` keeps whatever their values, as Loki does.
