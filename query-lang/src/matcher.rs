@@ -90,6 +90,13 @@ impl Matcher {
         }
     }
 
+    /// Whether a stream's labels satisfy every one of `matchers` (a stream selector).
+    pub fn select(matchers: &[Matcher], labels: &lode_push::LabelSet) -> bool {
+        matchers
+            .iter()
+            .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
+    }
+
     /// True when the matcher accepts the empty string, i.e. it also selects streams that
     /// lack the label. A selector needs at least one matcher for which this is false.
     pub fn matches_empty(&self) -> bool {

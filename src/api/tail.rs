@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use lode_push::{Entry, LabelSet};
 use query_lang::eval::{self, Direction, InMemorySource, QueryParams, QueryResult};
-use query_lang::Expr;
+use query_lang::{Expr, Matcher};
 use tokio::sync::broadcast;
 
 use super::error::ApiError;
@@ -244,9 +244,7 @@ impl Session {
         let Expr::Log(sel) = &self.expr else {
             return false;
         };
-        sel.matchers
-            .iter()
-            .all(|m| m.matches(p.labels.get(&m.name).unwrap_or("")))
+        Matcher::select(&sel.matchers, &p.labels)
     }
 
     /// The query's answer over a batch of live pushes (of streams the selector takes),

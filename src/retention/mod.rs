@@ -326,11 +326,7 @@ fn stream_cutoff(
 ) -> i64 {
     let rule = rules
         .iter()
-        .filter(|r| {
-            r.matchers
-                .iter()
-                .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
-        })
+        .filter(|r| Matcher::select(&r.matchers, labels))
         .max_by_key(|r| r.priority);
     match rule {
         Some(r) => period_cutoff(&r.period, now_ns),

@@ -251,11 +251,7 @@ impl LogSource for InMemorySource {
     fn select(&self, req: &SelectRequest<'_>) -> Result<Vec<StreamData>, SourceError> {
         let mut out = Vec::new();
         for (labels, entries) in &self.streams {
-            let selected = req
-                .matchers
-                .iter()
-                .all(|m| m.matches(labels.get(&m.name).unwrap_or("")));
-            if !selected {
+            if !Matcher::select(req.matchers, labels) {
                 continue;
             }
             let lo = entries.partition_point(|e| e.timestamp_ns < req.start_ns);
