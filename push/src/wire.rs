@@ -123,10 +123,7 @@ fn pair(msg: &[u8]) -> Result<(String, String), DecodeError> {
 
 /// Bytes as text, invalid UTF-8 replaced (one bad byte must not fail a batch).
 fn text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// How many times `field` occurs (length-delimited) at the top of `msg`, counting up to

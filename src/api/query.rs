@@ -415,11 +415,7 @@ async fn series(State(api): ApiState, req: Request) -> Result<Response, ApiError
 
 /// `index/stats`: streams, chunks, bytes and entries of the selected streams in the range,
 /// counted by Loki 3.7's rule so Grafana's query-size hint matches Loki's for the same
-/// data (the rule, and the doubt about it, are on [`querier::IndexStats`]): a stream's
-/// data of one UTC day is one chunk, its line bytes rounded to the nearest whole KiB, and
-/// every chunk counts twice, as Loki's single binary counts each flushed chunk once from
-/// the ingester and once from the store index (grafana/loki PR #23796). Loki's double
-/// count is a bug; it is matched because it is what Grafana users see today.
+/// data; the rule, and the doubt about it, are on [`querier::IndexStats`].
 async fn index_stats(State(api): ApiState, req: Request) -> Result<Response, ApiError> {
     let range = params::time_range(&req.params, params::now_ns())?;
     let matchers = match req.params.get("query") {

@@ -990,8 +990,10 @@ impl Ingester {
         });
     }
 
-    /// Waits until every block handed to the sealing pool is in place.
-    pub async fn sealed(&self) {
+    /// Waits until every block handed to the sealing pool is in place (tests: a flush
+    /// seals pending blocks itself, so nothing else needs to wait).
+    #[cfg(test)]
+    pub(crate) async fn sealed(&self) {
         // Holding every permit means no sealing job is queued or running.
         let all = self.sealer.permits.acquire_many(SEAL_QUEUE_BLOCKS).await;
         drop(all);
